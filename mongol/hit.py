@@ -1,0 +1,183 @@
+"""Turning a tracking request into a hit: what a client may set, and what only the server sets.
+
+What hostile input becomes (README's "What a hit holds" repeats this table):
+
+- a name starting with `$` gets U+FF04 instead, each `.` becomes U+FF0E (full-width): MongoDB's own
+  advice for keys, so no name can act as an operator or a path; NUL characters are removed and a
+  name left empty is dropped;
+- `time`, `pageviews` and every name starting with `_` belong to the server (`_id`, `_ip`, `_ua`):
+  a client's value for them is dropped, so no client can forge a time or inflate a count;
+- invalid UTF-8 (in names, values, Referer, User-Agent) becomes U+FFFD; a `%` not followed by two
+  hex digits stays as it is;
+- a query string over MAX_QUERY_BYTES is refused with 414, more than MAX_PARAMS fields with 400;
+- a Referer that is not an absolute URL with a host is treated as absent;
+- `site` and `url` name one page: given several times, the first value counts.
+"""
+
+import ipaddress
+import itertools
+import os
+import time as _time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+MAX_QUERY_BYTES = 8000
+MAX_PARAMS = 256
+RESERVED = frozenset({"time", "pageviews"})
+
+Hit = dict[str, Any]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RequestError(Exception):
+    """A request that cannot become a hit; `status` and a short text for the client."""
+
+    status = "400 Bad Request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.body = (message + "\n").encode()
+
+
+class URITooLong(RequestError):
+    status = "414 URI Too Long"
+
+
+_PROCESS = os.urandom(5).hex()
+_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
+def new_id(now: float) -> str:
+    """A unique id shaped like a MongoDB ObjectId (seconds, process random, counter), as 24 hex digits."""
+    return f"{int(now) & 0xFFFFFFFF:08x}{_PROCESS}{next(_COUNTER) & 0xFFFFFF:06x}"
+
+
+def _text(raw: str) -> str:
+    """A WSGI (latin-1) string holding UTF-8 bytes, decoded; invalid sequences become U+FFFD."""
+    if raw.isascii():
+        return raw
+    return raw.encode("latin-1").decode("utf-8", "replace")
+
+
+def _unquote(part: str) -> str:
+    if "+" in part:
+        part = part.replace("+", " ")
+    if "%" in part:
+        return unquote_to_bytes(part).decode("utf-8", "replace")
+    return _text(part)
+
+
+def clean_name(name: str) -> str | None:
+    """The name a parameter is stored under, or None when it must be dropped."""
+    if "\x00" in name:
+        name = name.replace("\x00", "")
+    if not name or name[0] == "_" or name in RESERVED:
+        return None
+    if name[0] == "$":
+        name = "\uff04" + name[1:]
+    if "." in name:
+        name = name.replace(".", "\uff0e")
+    return name
+
+
+def parse_query(query: str) -> dict[str, str | list[str]]:
+    """GET parameters: a name given once maps to a string, given several times to a list."""
+    if len(query) > MAX_QUERY_BYTES:
+        raise URITooLong(f"query string over {MAX_QUERY_BYTES} bytes")
+    params: dict[str, str | list[str]] = {}
+    if not query:
+        return params
+    fields = query.split("&")
+    if len(fields) > MAX_PARAMS:
+        raise RequestError(f"more than {MAX_PARAMS} parameters")
+    for field in fields:
+        if not field:
+            continue
+        raw_name, _, raw_value = field.partition("=")
+        name = clean_name(_unquote(raw_name))
+        if name is None:
+            continue
+        value = _unquote(raw_value)
+        old = params.get(name)
+        if old is None:
+            params[name] = value
+        elif isinstance(old, list):
+            old.append(value)
+        else:
+            params[name] = [old, value]
+    return params
+
+
+def site_and_url(referer: str) -> tuple[str, str] | None:
+    """`site` (host without a leading `www.`) and `url` (path and query) of a Referer, if it is a URL."""
+    try:
+        parts = urlsplit(_text(referer))
+        host = parts.hostname
+    except ValueError:
+        return None
+    if not parts.scheme or not host:
+        return None
+    site = host[4:] if host.startswith("www.") else host
+    url = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    return site, url
+
+
+def client_ip(environ: dict, trusted: tuple[Network, ...]) -> str:
+    """REMOTE_ADDR, or the nearest X-Forwarded-For entry not in `trusted` when the peer is a trusted proxy."""
+    peer = environ.get("REMOTE_ADDR", "")
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    chain = [p.strip() for p in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if p.strip()]
+    for hop in reversed(chain):
+        if not _is_trusted(hop, trusted):
+            return hop if _is_ip(hop) else peer
+    return chain[0] if chain and _is_ip(chain[0]) else peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = ()) -> Hit:
+    """The hit a WSGI request records; raises RequestError when there is none to record."""
+    hit: Hit = parse_query(environ.get("QUERY_STRING", ""))
+    for name in ("site", "url"):
+        if type(hit.get(name)) is list:
+            hit[name] = hit[name][0]
+    if "site" not in hit or "url" not in hit:
+        found = site_and_url(environ.get("HTTP_REFERER", ""))
+        if found is None:
+            raise RequestError("missing site and url: pass both as parameters or send a Referer")
+        hit.setdefault("site", found[0])
+        hit.setdefault("url", found[1])
+    now = _time.time()
+    hit["_id"] = new_id(now)
+    hit["time"] = datetime.fromtimestamp(now, UTC)
+    hit["pageviews"] = 1
+    hit["_ip"] = client_ip(environ, trusted)
+    hit["_ua"] = _text(environ.get("HTTP_USER_AGENT", ""))
+    return hit
+
+
+def parse_networks(specs: list[str]) -> tuple[Network, ...]:
+    """`--trusted-proxy` values (addresses or CIDR blocks) as networks; ValueError names a bad one."""
+    nets = []
+    for spec in specs:
+        try:
+            nets.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"bad --trusted-proxy {spec!r}: expected an IP address or a CIDR block") from None
+    return tuple(nets)

@@ -1,0 +1,64 @@
+"""The storage interface every store implements, and the one place that picks a store from a URI.
+
+A hit is a plain dict: the request's parameters plus the fields the server sets
+(`_id`, a 24-hex-digit id; `time`, an aware UTC datetime; `pageviews`; `_ip`; `_ua`).
+"""
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Protocol
+
+from mongol.errors import StoreError
+
+Hit = dict[str, Any]
+
+
+class Store(Protocol):
+    """What the writer and the report engine need from a place that keeps hits."""
+
+    #: True when calls block the calling thread (run them off the gevent loop).
+    blocking: bool
+    #: Human-readable description for logs: "SQLite file /var/lib/mongol/mongol.db".
+    description: str
+
+    def ping(self) -> None:
+        """Raise StoreError unless the store is reachable and writable."""
+
+    def insert_many(self, hits: list[Hit]) -> int:
+        """Store a batch; a hit whose `_id` is already stored is skipped. Returns how many were new."""
+
+    def hits(self, start: datetime | None = None, end: datetime | None = None,
+             site: str | None = None) -> Iterator[Hit]:
+        """The hits with start <= time < end (either bound optional), optionally of one site."""
+
+    def count(self, start: datetime | None = None, end: datetime | None = None,
+              site: str | None = None) -> int:
+        """How many hits `hits()` would give for the same arguments."""
+
+    def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
+        """Delete hits with time < cutoff, optionally only those of one site; returns how many."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+def open_store(uri: str) -> Store:
+    """Open the store a URI names: `mongodb://`, `mongodb+srv://` or `sqlite://PATH`."""
+    if uri.startswith(("mongodb://", "mongodb+srv://")):
+        from mongol.stores.mongodb import MongoStore
+
+        return MongoStore(uri)
+    if uri.startswith("sqlite:"):
+        from mongol.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(uri))
+    raise StoreError(f"unknown store URI {uri!r}: expected mongodb://..., mongodb+srv://... or sqlite:///path/file.db")
+
+
+def sqlite_path(uri: str) -> str:
+    """The file of a `sqlite:` URI: what follows `sqlite://`, so `sqlite:///var/m.db` is `/var/m.db`."""
+    path = uri.removeprefix("sqlite:").removeprefix("//")
+    if not path:
+        raise StoreError(f"store URI {uri!r} names no file: expected sqlite:///path/file.db")
+    return path
+

@@ -1,0 +1,94 @@
+"""MongoDB through pymongo: a standalone server, a replica set or a sharded cluster.
+
+The database is the URI's path (`mongol` when it has none), the collection `analytics`.
+Write concern, read preference, TLS and timeouts are the URI's own options
+(`?w=majority&journal=true`, `&serverSelectionTimeoutMS=2000`, ...), as pymongo reads them.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from bson import ObjectId
+from pymongo import ASCENDING, MongoClient
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from mongol.errors import StoreError
+from mongol.stores import Hit
+
+DEFAULT_DATABASE = "mongol"
+COLLECTION = "analytics"
+DUPLICATE_KEY = 11000
+SELECTION_TIMEOUT_MS = 5000
+
+
+class MongoStore:
+    blocking = False  # pymongo cooperates with gevent once sockets are patched
+
+    def __init__(self, uri: str) -> None:
+        options = {"serverSelectionTimeoutMS": SELECTION_TIMEOUT_MS}
+        if "serverselectiontimeoutms" in uri.lower():
+            options = {}  # the URI's own setting wins
+        try:
+            self._client: MongoClient = MongoClient(uri, tz_aware=True, appname="mongol", **options)
+            self._db = self._client.get_default_database(DEFAULT_DATABASE)
+        except PyMongoError as exc:
+            raise StoreError(f"bad MongoDB URI: {exc}") from exc
+        self.collection = self._db[COLLECTION]
+        hosts = ",".join(f"{h}:{p}" for h, p in self._client.topology_description.server_descriptions()) or uri
+        self.description = f"MongoDB {hosts}, database {self._db.name}, collection {COLLECTION}"
+        try:
+            self.ping()
+            self.collection.create_index([("time", ASCENDING)])
+            self.collection.create_index([("site", ASCENDING), ("time", ASCENDING)])
+        except StoreError:
+            self._client.close()
+            raise
+        except PyMongoError as exc:
+            self._client.close()
+            raise StoreError(f"cannot create the indexes of {self.description}: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self._db.command("ping")
+        except PyMongoError as exc:
+            raise StoreError(f"cannot reach {self.description}: {exc}") from exc
+
+    def insert_many(self, hits: list[Hit]) -> int:
+        docs = [{**hit, "_id": ObjectId(hit["_id"])} for hit in hits]
+        try:
+            return len(self.collection.insert_many(docs, ordered=False).inserted_ids)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):
+                raise
+            return exc.details.get("nInserted", 0)
+
+    @staticmethod
+    def _filter(start: datetime | None, end: datetime | None, site: str | None) -> dict:
+        query: dict = {}
+        if site is not None:
+            query["site"] = site
+        window = {}
+        if start is not None:
+            window["$gte"] = start
+        if end is not None:
+            window["$lt"] = end
+        if window:
+            query["time"] = window
+        return query
+
+    def hits(self, start: datetime | None = None, end: datetime | None = None,
+             site: str | None = None) -> Iterator[Hit]:
+        for doc in self.collection.find(self._filter(start, end, site)).sort("time", ASCENDING):
+            doc["_id"] = str(doc["_id"])
+            yield doc
+
+    def count(self, start: datetime | None = None, end: datetime | None = None,
+              site: str | None = None) -> int:
+        return self.collection.count_documents(self._filter(start, end, site))
+
+    def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
+        return self.collection.delete_many(self._filter(None, cutoff, site)).deleted_count
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,121 @@
+"""The embedded store: one SQLite file in WAL mode, a table made for hits.
+
+mongol-serve appends while a cron `mongol-report` reads and deletes from another
+process: WAL lets readers run beside the single writer, and `busy_timeout` makes
+either side wait its turn instead of failing. Deletes go in chunks so that a big
+purge never holds the write lock for long.
+"""
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from mongol.errors import StoreError
+from mongol.stores import Hit
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+BUSY_TIMEOUT_MS = 30_000
+DELETE_CHUNK = 20_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hits (
+    id   TEXT PRIMARY KEY,  -- the hit's _id: replaying a hit twice stores it once
+    time INTEGER NOT NULL,  -- microseconds since 1970-01-01 UTC
+    site TEXT,              -- the site parameter, when it is a single string
+    doc  TEXT NOT NULL      -- every other field of the hit, as a JSON object
+);
+CREATE INDEX IF NOT EXISTS hits_time ON hits (time);
+CREATE INDEX IF NOT EXISTS hits_site_time ON hits (site, time);
+"""
+
+
+def to_us(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, no float rounding)."""
+    return (moment - EPOCH) // ONE_US
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+class SQLiteStore:
+    blocking = True
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.description = f"SQLite file {self.path}"
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self._db.execute("SELECT 1 FROM hits LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"the SQLite store {self.path} is not usable: {exc}") from exc
+
+    def insert_many(self, hits: list[Hit]) -> int:
+        rows = []
+        for hit in hits:
+            doc = {k: v for k, v in hit.items() if k != "_id" and k != "time"}
+            site = hit.get("site")
+            rows.append((hit["_id"], to_us(hit["time"]), site if isinstance(site, str) else None,
+                         orjson.dumps(doc).decode()))
+        before = self._db.total_changes
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO hits (id, time, site, doc) VALUES (?, ?, ?, ?)", rows)
+        return self._db.total_changes - before
+
+    def _where(self, start: datetime | None, end: datetime | None, site: str | None) -> tuple[str, list]:
+        clauses, args = [], []
+        if site is not None:
+            clauses.append("site = ?")
+            args.append(site)
+        if start is not None:
+            clauses.append("time >= ?")
+            args.append(to_us(start))
+        if end is not None:
+            clauses.append("time < ?")
+            args.append(to_us(end))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def hits(self, start: datetime | None = None, end: datetime | None = None,
+             site: str | None = None) -> Iterator[Hit]:
+        where, args = self._where(start, end, site)
+        cursor = self._db.execute(f"SELECT id, time, doc FROM hits{where} ORDER BY time", args)
+        for hit_id, us, doc in cursor:
+            hit = orjson.loads(doc)
+            hit["_id"] = hit_id
+            hit["time"] = from_us(us)
+            yield hit
+
+    def count(self, start: datetime | None = None, end: datetime | None = None,
+              site: str | None = None) -> int:
+        where, args = self._where(start, end, site)
+        return self._db.execute(f"SELECT count(*) FROM hits{where}", args).fetchone()[0]
+
+    def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
+        where, args = self._where(None, cutoff, site)
+        deleted = 0
+        while True:
+            with self._db:
+                n = self._db.execute(
+                    f"DELETE FROM hits WHERE rowid IN (SELECT rowid FROM hits{where} LIMIT {DELETE_CHUNK})",
+                    args).rowcount
+            deleted += n
+            if n < DELETE_CHUNK:
+                return deleted
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mongol",
+    version="0.2.0",
+    description="Self-hosted web analytics: a tracking pixel served by gevent, map/reduce reports as JSONP",
+    long_description=Path(__file__).with_name("README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mongol", "mongol.*"]),
+    install_requires=[
+        "gevent>=24.2.1",
+        "pymongo>=4.6",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "mongol-serve=mongol.cli.serve:main",
+            "mongol-report=mongol.cli.report:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Gevent",
+        "Topic :: Internet :: WWW/HTTP :: Site Management",
+    ],
+)

@@ -1,0 +1,180 @@
+"""Fixtures that start the real parts: the MongoDB wire-protocol test server and mongol-serve.
+
+Set MONGOL_TEST_MONGODB_URI (e.g. mongodb://localhost:27017) to run the MongoDB tests against a
+real mongod instead of the wire-protocol server in tests/wire. A missing service fails the tests;
+it never skips them.
+"""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mongol.stores import Store, open_store
+
+HERE = Path(__file__).parent
+WIRE = HERE / "wire"
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def mongodb_base() -> Iterator[str]:
+    """A MongoDB server URI without a database: a real mongod if configured, else tests/wire."""
+    if os.environ.get("MONGOL_TEST_MONGODB_URI"):
+        yield os.environ["MONGOL_TEST_MONGODB_URI"].rstrip("/")
+        return
+    if not (WIRE / "node_modules").is_dir():
+        pytest.fail("the MongoDB test server is not installed: run `npm ci --prefix tests/wire` (README)")
+    proc = subprocess.Popen(["node", str(WIRE / "server.js"), "0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    port: list[int] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.match(r"listening on (\d+)", line)
+            if m:
+                port.append(int(m.group(1)))
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_until(lambda: port or proc.poll() is not None, START_TIMEOUT, "the MongoDB test server")
+    if not port:
+        pytest.fail("the MongoDB test server did not start:\n" + "".join(lines))
+    yield f"mongodb://127.0.0.1:{port[0]}"
+    proc.stdin.close()  # the server stops when its stdin closes
+    proc.wait(10)
+    proc.stdout.close()
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store of each kind: a SQLite file, or a new MongoDB database."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/hits.db"
+        return
+    base = request.getfixturevalue("mongodb_base")
+    name = "mongol_test_" + uuid.uuid4().hex[:12]
+    yield f"{base}/{name}?serverSelectionTimeoutMS=5000"
+    from pymongo import MongoClient
+
+    with MongoClient(base) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def store(store_uri: str) -> Iterator[Store]:
+    s = open_store(store_uri)
+    yield s
+    s.close()
+
+
+@dataclass
+class Server:
+    """A running mongol-serve subprocess."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout)
+        self.stopped = True
+        return code
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start `mongol-serve 127.0.0.1:0 ARGS...`; returns once it answers /healthz."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        log_path = tmp_path / f"serve-{len(servers)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(BIN / "mongol-serve"), "127.0.0.1:0", *args], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        server = Server(proc, log_path)
+        servers.append(server)
+
+        def listening() -> object:
+            if proc.poll() is not None:
+                pytest.fail(f"mongol-serve exited with {proc.returncode}:\n{server.log()}")
+            return re.search(r"listening on http://127\.0\.0\.1:(\d+)/", server.log())
+
+        server.port = int(wait_until(listening, START_TIMEOUT, "mongol-serve to listen").group(1))
+        wait_until(lambda: http_get(server.url + "/healthz")[0] == 200, START_TIMEOUT, "/healthz")
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client-side checks) and parse the HTTP response."""
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+
+        def send() -> None:
+            # the server may answer and close before reading a huge request to its end
+            with contextlib.suppress(OSError):
+                sock.sendall(request)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        response = http.client.HTTPResponse(sock, method=request.split(b" ", 1)[0].decode("latin-1"))
+        response.begin()
+        body = response.read()
+        sender.join(timeout)
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+    except OSError:
+        return 0, {}, b""

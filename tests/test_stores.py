@@ -1,0 +1,137 @@
+"""The store interface, on both stores, read back through the store and through the raw database."""
+
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mongol.errors import StoreError
+from mongol.hit import new_id
+from mongol.stores import open_store, sqlite_path
+
+T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def make_hit(minutes=0, site="a.org", url="/", **extra):
+    when = T0 + timedelta(minutes=minutes)
+    return {"_id": new_id(when.timestamp()), "time": when, "site": site, "url": url, "pageviews": 1, **extra}
+
+
+def test_insert_and_read_back(store):
+    hits = [make_hit(i, url=f"/{i}", tags=["x", "y"], title="T\u00e9") for i in range(5)]
+    assert store.insert_many(hits) == 5
+    back = list(store.hits())
+    assert [h["url"] for h in back] == [f"/{i}" for i in range(5)]
+    for sent, got in zip(hits, back, strict=True):
+        assert got["_id"] == sent["_id"]
+        assert got["tags"] == ["x", "y"] and got["title"] == "T\u00e9" and got["pageviews"] == 1
+        assert got["time"].utcoffset() == timedelta(0)
+        assert abs(got["time"] - sent["time"]) < timedelta(milliseconds=1)  # MongoDB keeps milliseconds
+
+
+def test_a_replayed_hit_is_stored_once(store):
+    first = [make_hit(0, url="/a"), make_hit(1, url="/b")]
+    assert store.insert_many(first) == 2
+    assert store.insert_many([first[1], make_hit(2, url="/c"), first[0]]) == 1
+    assert sorted(h["url"] for h in store.hits()) == ["/a", "/b", "/c"]
+
+
+def test_window_and_site(store):
+    store.insert_many([make_hit(i, site="a.org" if i % 2 else "b.org") for i in range(10)])
+    start, end = T0 + timedelta(minutes=2), T0 + timedelta(minutes=6)
+    assert [h["time"].minute for h in store.hits(start, end)] == [2, 3, 4, 5]
+    assert [h["time"].minute for h in store.hits(start, end, site="a.org")] == [3, 5]
+    assert [h["time"].minute for h in store.hits(start=T0 + timedelta(minutes=8))] == [8, 9]
+    assert store.count() == 10
+    assert store.count(start, end) == 4
+    assert store.count(site="b.org") == 5
+    assert store.count(end=T0 + timedelta(minutes=1), site="b.org") == 1
+
+
+def test_delete_before(store):
+    store.insert_many([make_hit(i, site="a.org" if i % 2 else "b.org") for i in range(10)])
+    assert store.delete_before(T0 + timedelta(minutes=4), site="a.org") == 2  # minutes 1 and 3
+    assert store.count(site="a.org") == 3 and store.count(site="b.org") == 5
+    assert store.delete_before(T0 + timedelta(minutes=5)) == 3  # b.org 0, 2, 4
+    assert sorted(h["time"].minute for h in store.hits()) == [5, 6, 7, 8, 9]
+
+
+def test_mongodb_documents_are_plain_hits(mongodb_base):
+    from bson import ObjectId
+    from pymongo import MongoClient
+
+    hit = make_hit(0, title="x")
+    store = open_store(f"{mongodb_base}/mongol_layout")
+    store.insert_many([hit])
+    store.close()
+    with MongoClient(mongodb_base, tz_aware=True) as client:
+        coll = client["mongol_layout"]["analytics"]
+        doc = coll.find_one()
+        names = {tuple(k for k, _ in index["key"].items()) for index in coll.list_indexes()}
+        client.drop_database("mongol_layout")
+    assert doc["_id"] == ObjectId(hit["_id"])
+    assert doc["site"] == "a.org" and doc["title"] == "x" and doc["pageviews"] == 1
+    assert ("time",) in names and ("site", "time") in names
+
+
+def test_sqlite_layout(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/nested/dir/hits.db")
+    store.insert_many([make_hit(0, title="x")])
+    store.close()
+    db = sqlite3.connect(tmp_path / "nested/dir/hits.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = db.execute("SELECT time, site, doc FROM hits").fetchone()
+    assert row[0] == int(T0.timestamp()) * 1_000_000 + 123456
+    assert row[1] == "a.org" and '"title":"x"' in row[2]
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"hits_time", "hits_site_time"} <= indexes
+
+
+def test_sqlite_uri_forms():
+    assert sqlite_path("sqlite:///var/lib/mongol/m.db") == "/var/lib/mongol/m.db"
+    assert sqlite_path("sqlite:////var/lib/mongol/m.db") == "//var/lib/mongol/m.db"
+    assert sqlite_path("sqlite://data/m.db") == "data/m.db"
+    with pytest.raises(StoreError):
+        sqlite_path("sqlite://")
+
+
+def test_bad_uris():
+    with pytest.raises(StoreError, match="unknown store URI"):
+        open_store("postgres://x")
+    with pytest.raises(StoreError, match="cannot reach"):
+        open_store("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=200")
+    with pytest.raises(StoreError, match="cannot open the SQLite store"):
+        open_store("sqlite:///proc/no/such/place.db")
+
+
+WRITER = """
+import sys
+from datetime import UTC, datetime
+from mongol.hit import new_id
+from mongol.stores import open_store
+store = open_store(sys.argv[1])
+for batch in range(40):
+    now = datetime.now(UTC)
+    store.insert_many([{"_id": new_id(now.timestamp()), "time": now, "site": "w", "url": f"/{batch}/{i}",
+                        "pageviews": 1} for i in range(250)])
+store.close()
+"""
+
+
+def test_sqlite_writer_and_reporter_in_two_processes(tmp_path):
+    """The serve process appends while a report process reads and purges: no 'database is locked'."""
+    uri = f"sqlite://{tmp_path}/hits.db"
+    open_store(uri).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, uri], stderr=subprocess.PIPE)
+    reader = open_store(uri)
+    deleted = 0
+    while writer.poll() is None:
+        seen = sum(1 for _ in reader.hits(site="w"))
+        assert seen >= 0
+        deleted += reader.delete_before(datetime.now(UTC), site="w")
+    assert writer.wait() == 0, writer.stderr.read().decode()
+    writer.stderr.close()
+    assert deleted + reader.count() == 40 * 250
+    reader.close()
