@@ -20,6 +20,7 @@ setup(
         "test": [
             "pytest>=8.0",
             "hypothesis>=6.100",
+            "pillow>=10.0",
             "ruff>=0.6",
         ],
     },
