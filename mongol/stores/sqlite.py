@@ -48,6 +48,8 @@ class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.path.expanduser(path))
         self.description = f"SQLite file {self.path}"
+        if sqlite3.sqlite_version_info < (3, 38):
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old for the embedded store (needs 3.38+)")
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
@@ -66,16 +68,16 @@ class SQLiteStore:
             raise StoreError(f"the SQLite store {self.path} is not usable: {exc}") from exc
 
     def insert_many(self, hits: list[Hit]) -> int:
-        rows = []
-        for hit in hits:
-            doc = {k: v for k, v in hit.items() if k != "_id" and k != "time"}
-            site = hit.get("site")
-            rows.append((hit["_id"], to_us(hit["time"]), site if isinstance(site, str) else None,
-                         orjson.dumps(doc).decode()))
-        before = self._db.total_changes
-        with self._db:
-            self._db.executemany("INSERT OR IGNORE INTO hits (id, time, site, doc) VALUES (?, ?, ?, ?)", rows)
-        return self._db.total_changes - before
+        # The whole batch is one JSON parameter of one statement: sqlite3 releases the GIL once per
+        # step, and a step per row would make the writer thread queue for the GIL behind the event
+        # loop at every row (a convoy that cut throughput tenfold under load).
+        payload = orjson.dumps([
+            (hit["_id"], to_us(hit["time"]), site if isinstance(site := hit.get("site"), str) else None,
+             {k: v for k, v in hit.items() if k != "_id" and k != "time"})
+            for hit in hits])
+        return self._db.execute(
+            "INSERT OR IGNORE INTO hits (id, time, site, doc)"
+            " SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3 FROM json_each(?)", (payload,)).rowcount
 
     def _where(self, start: datetime | None, end: datetime | None, site: str | None) -> tuple[str, list]:
         clauses, args = [], []
