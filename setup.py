@@ -15,6 +15,8 @@ setup(
         "gevent>=24.2.1",
         "pymongo>=4.6",
         "orjson>=3.9",
+        "quickjs-ng>=0.17",
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": [

@@ -1,16 +1,19 @@
 """The GIF endpoint: a plain WSGI application that answers every tracking request with a pixel.
 
-`PixelApp(writer)` is what mongol-serve runs. `application` builds one on first use from the
-environment (`MONGOL_DB`, `MONGOL_TRUSTED_PROXIES`) for other gevent-based WSGI servers, e.g.
-`gunicorn -k gevent mongol.app:application`: the writer is a greenlet, so the server must run gevent.
+`PixelApp(record)` is what mongol-serve's processes run; `record(hit)` appends the hit to the
+spool (mongol.journal.Recorder) before the answer goes out. `application` builds one on first
+use from the environment, for any other WSGI server (gunicorn, mod_wsgi, uWSGI): it writes to the
+spool `MONGOL_SPOOL` (else the default beside the store), which `mongol-serve --workers 0`
+drains into the store.
 """
 
 import os
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from mongol.hit import Network, RequestError, hit_from_environ, parse_networks
-from mongol.writer import Writer
+from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks
 
 #: A transparent 1x1 GIF89a, the same 43 bytes as nginx's empty_gif.
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
@@ -21,20 +24,56 @@ NO_CACHE = [
     ("Expires", "0"),
 ]
 GIF_HEADERS = [("Content-Type", "image/gif"), ("Content-Length", str(len(GIF))), *NO_CACHE]
+STALE_STATUS = 10.0  # seconds without news from the writer before /healthz calls it degraded
 
 StartResponse = Callable[..., Any]
+Response = tuple[str, list[tuple[str, str]], bytes]
 
 
-def _text(status: str, body: bytes, extra: list[tuple[str, str]] | None = None) -> tuple[str, list, bytes]:
+def _text(status: str, body: bytes, extra: list[tuple[str, str]] | None = None) -> Response:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *NO_CACHE]
     return status, headers + (extra or []), body
+
+
+class Health:
+    """What /healthz says: from the writer's status file (read at most twice a second) and the
+    state of this process's spool."""
+
+    def __init__(self, spool: Path, recorder: Any = None) -> None:
+        self.spool = Path(spool)
+        self.recorder = recorder
+        self._read_at = 0.0
+        self._status: dict = {}
+
+    def __call__(self) -> Response:
+        from mongol.writer import read_status
+
+        now = time.time()
+        if now - self._read_at > 0.5:
+            self._status, self._read_at = read_status(self.spool), now
+        status = self._status
+        problems = []
+        recorder = self.recorder
+        if recorder is not None and recorder.failing:
+            problems.append(f"the spool refuses hits, {len(recorder.pending)} held in memory")
+        if status.get("state") == "store failing":
+            problems.append(f"the store has failed for {now - status.get('since', now):.0f} s: {status.get('error')}")
+        elif not status or now - status.get("updated", 0) > STALE_STATUS:
+            problems.append("the writer process is not reporting")
+        word = "degraded" if problems else "ok"
+        body = (f"{word}: {status.get('spooled_bytes', 0)} bytes spooled, {status.get('stored', 0)} stored"
+                + "".join(f"; {p}" for p in problems) + "\n")
+        full = recorder is not None and len(recorder.pending) >= recorder.max_pending
+        return _text("503 Service Unavailable" if full else "200 OK", body.encode())
 
 
 class PixelApp:
     """GET or HEAD on any path: the pixel. A GET records a hit; HEAD only answers as GET would."""
 
-    def __init__(self, writer: Writer, trusted_proxies: tuple[Network, ...] = ()) -> None:
-        self.writer = writer
+    def __init__(self, record: Callable[[Hit], bool], health: Callable[[], Response] | None = None,
+                 trusted_proxies: tuple[Network, ...] = ()) -> None:
+        self.record = record
+        self.health = health or (lambda: _text("200 OK", b"ok\n"))
         self.trusted = trusted_proxies
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
@@ -49,20 +88,13 @@ class PixelApp:
             except RequestError as exc:
                 status, headers, body = _text(exc.status, exc.body)
             else:
-                if method == "HEAD" or self.writer.submit(hit):
+                if method == "HEAD" or self.record(hit):
                     start_response("200 OK", GIF_HEADERS)
                     return [GIF] if method == "GET" else []
-                status, headers, body = _text("503 Service Unavailable", b"queue full, try again later\n",
+                status, headers, body = _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
                                               [("Retry-After", "1")])
         start_response(status, headers)
         return [body] if method != "HEAD" else []
-
-    def health(self) -> tuple[str, list, bytes]:
-        writer = self.writer
-        full = writer.depth >= writer.max_queue
-        state = "full" if full else ("store failing" if writer.failing else "ok")
-        body = f"{state}: {writer.depth} hits queued, {writer.stored} stored\n".encode()
-        return _text("503 Service Unavailable" if full else "200 OK", body)
 
 
 class _LazyApplication:
@@ -73,13 +105,13 @@ class _LazyApplication:
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if self._app is None:
-            from mongol.location import resolve_db_uri
-            from mongol.stores import open_store
+            from mongol.journal import Journal, Recorder
+            from mongol.location import default_spool, resolve_db_uri
 
-            writer = Writer(open_store(resolve_db_uri(None)))
-            writer.start()
+            spool = Path(os.environ.get("MONGOL_SPOOL") or default_spool(resolve_db_uri(None)))
+            recorder = Recorder(Journal(spool))
             proxies = [p for p in os.environ.get("MONGOL_TRUSTED_PROXIES", "").split(",") if p.strip()]
-            self._app = PixelApp(writer, parse_networks(proxies))
+            self._app = PixelApp(recorder, Health(spool, recorder), parse_networks(proxies))
         return self._app(environ, start_response)
 
 

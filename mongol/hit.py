@@ -18,7 +18,6 @@ import ipaddress
 import itertools
 import os
 import time as _time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -44,8 +43,19 @@ class URITooLong(RequestError):
     status = "414 URI Too Long"
 
 
-_PROCESS = os.urandom(5).hex()
-_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
+_PROCESS = ""
+_COUNTER = itertools.count()
+
+
+def _new_process() -> None:
+    """Fresh random bits and counter for ids, in every process: forked workers must not share them."""
+    global _PROCESS, _COUNTER
+    _PROCESS = os.urandom(5).hex()
+    _COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
+_new_process()
+os.register_at_fork(after_in_child=_new_process)
 
 
 def new_id(now: float) -> str:
@@ -152,7 +162,8 @@ def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
 
 
 def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = ()) -> Hit:
-    """The hit a WSGI request records; raises RequestError when there is none to record."""
+    """The hit a WSGI request records, as a journal record (`time` in integer microseconds since the
+    epoch, UTC); raises RequestError when there is none to record."""
     hit: Hit = parse_query(environ.get("QUERY_STRING", ""))
     for name in ("site", "url"):
         if type(hit.get(name)) is list:
@@ -163,9 +174,9 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = ()) -> Hit:
             raise RequestError("missing site and url: pass both as parameters or send a Referer")
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
-    now = _time.time()
-    hit["_id"] = new_id(now)
-    hit["time"] = datetime.fromtimestamp(now, UTC)
+    now_us = _time.time_ns() // 1000
+    hit["_id"] = new_id(now_us // 1_000_000)
+    hit["time"] = now_us
     hit["pageviews"] = 1
     hit["_ip"] = client_ip(environ, trusted)
     hit["_ua"] = _text(environ.get("HTTP_USER_AGENT", ""))

@@ -1,5 +1,6 @@
 """Where hits are stored: the `--db` option, `MONGOL_DB`, or the embedded default."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -23,3 +24,14 @@ def resolve_db_uri(option: str | None) -> str:
     if os.environ.get(ENV_VAR):
         return os.environ[ENV_VAR]
     return "sqlite://" + str(default_db_path())
+
+
+def default_spool(uri: str) -> Path:
+    """Where hits wait for the store: beside an SQLite file (`FILE.spool`), else in the data folder,
+    one folder per MongoDB URI."""
+    if uri.startswith("sqlite:"):
+        from mongol.stores import sqlite_path
+
+        return Path(os.path.abspath(os.path.expanduser(sqlite_path(uri)))).with_suffix(".spool")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return default_db_path().parent / f"spool-{digest}"

@@ -1,102 +1,135 @@
-"""The write path: a bounded in-memory queue drained by one writer greenlet in batches.
+"""The writer process: drains the spool into the store, in batches, whatever the store does.
 
-A request only appends to the queue; the writer stores what has piled up every
-`flush_interval` seconds, or at once when `batch_size` hits are waiting. A failed
-batch stays at the head of the queue and is retried with backoff, so a store
-that hiccups delays hits without losing them; while the queue is full, `submit`
-refuses new hits and the pixel answers 503 (a later spool takes them instead).
+It reads complete journal lines from every segment, stores them with one `insert_lines` call per
+batch (unordered; ids already stored are skipped), and deletes segments once closed and stored.
+When the store fails, the hits stay in the spool and the batch is retried with backoff; the log
+says so once, and once more when storing works again. `status.json` beside the segments tells the
+serving processes (for /healthz) how things stand.
 """
 
 import logging
-from collections import deque
+import os
+import threading
+import time
+from pathlib import Path
 
-import gevent
-from gevent.event import Event
+import orjson
 
-from mongol.stores import Hit, Store
+from mongol.journal import Spool
+from mongol.stores import Store
 
 log = logging.getLogger("mongol.writer")
+STATUS = "status.json"
+STATUS_EVERY = 0.5
 
 
 class Writer:
-    def __init__(self, store: Store, *, batch_size: int = 500, flush_interval: float = 0.25,
-                 max_queue: int = 100_000) -> None:
+    def __init__(self, store: Store, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1) -> None:
         self.store = store
+        self.spool = spool
         self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.max_queue = max_queue
-        self.stored = 0
-        self.failing = False
-        self._queue: deque[Hit] = deque()
-        self._wake = Event()
-        self._stopping = False
-        self._greenlet: gevent.Greenlet | None = None
+        self.interval = interval
+        self.stored = 0       # new hits written to the store by this process
+        self.duplicates = 0   # lines the store already held (a segment read again after a crash)
+        self.failing: str | None = None
+        self._since = time.time()
+        self._status_at = 0.0
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
-    def submit(self, hit: Hit) -> bool:
-        """Queue a hit for storing; False when the queue is full (or the writer is stopping)."""
-        queue = self._queue
-        if len(queue) >= self.max_queue or self._stopping:
+    def step(self) -> bool:
+        """Store one batch; True if there was anything to store and it was stored."""
+        lines, marks = self.spool.read(self.batch_size)
+        if not lines:
+            self.spool.remove_finished()
             return False
-        queue.append(hit)
-        if len(queue) >= self.batch_size:
-            self._wake.set()
-        return True
-
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """Refuse new hits, store every queued one, stop. Returns how many could not be stored in time."""
-        self._stopping = True
-        self._wake.set()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout)
-            if not self._greenlet.dead:
-                self._greenlet.kill()
-        left = len(self._queue)
-        if left:
-            log.error("stopped with %d hits not stored: %s stayed unavailable", left, self.store.description)
-        return left
-
-    def _run(self) -> None:
-        delay = self.flush_interval
-        while True:
-            if not self._queue:
-                if self._stopping:
-                    return
-                self._wake.wait(delay)
-                self._wake.clear()
-                if not self._queue:
-                    continue
-            elif not self._stopping and len(self._queue) < self.batch_size:
-                self._wake.wait(delay)
-                self._wake.clear()
-            if self._store_batch():
-                delay = self.flush_interval
-            else:
-                delay = min(max(delay * 2, 0.5), 10.0)
-                gevent.sleep(delay)
-
-    def _store_batch(self) -> bool:
-        queue = self._queue
-        batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
         try:
-            if self.store.blocking:
-                gevent.get_hub().threadpool.apply(self.store.insert_many, (batch,))
-            else:
-                self.store.insert_many(batch)
-        except Exception as exc:  # any store failure: keep the hits, retry later
-            queue.extendleft(reversed(batch))
-            if not self.failing:
-                log.error("cannot store hits in %s, keeping them queued and retrying: %s", self.store.description, exc)
-                self.failing = True
-            return False
+            new = self._insert(lines)
+        except Exception as exc:  # any store failure: the hits stay in the spool, retried later
+            self._failed(exc)
+            raise
+        self.spool.commit(marks)
+        self.stored += new
+        self.duplicates += len(lines) - new
         if self.failing:
             log.warning("storing hits again in %s", self.store.description)
-            self.failing = False
-        self.stored += len(batch)
+            self.failing, self._since = None, time.time()
         return True
+
+    def _insert(self, lines: list[bytes]) -> int:
+        try:
+            return self.store.insert_lines(lines)
+        except Exception as exc:
+            if "malformed JSON" not in str(exc) and not isinstance(exc, orjson.JSONDecodeError):
+                raise
+        lines[:] = self._drop_bad_lines(lines)
+        return self.store.insert_lines(lines) if lines else 0
+
+    def _failed(self, exc: Exception) -> None:
+        message = " ".join(str(exc).split())[:300]
+        if not self.failing:
+            log.error("cannot store hits in %s, keeping them in the spool and retrying: %s",
+                      self.store.description, message)
+            self._since = time.time()
+        self.failing = message
+        self.write_status(force=True)
+
+    @staticmethod
+    def _drop_bad_lines(lines: list[bytes]) -> list[bytes]:
+        good = []
+        for line in lines:
+            try:
+                orjson.loads(line)
+                good.append(line)
+            except orjson.JSONDecodeError:
+                log.error("dropping a spool line that is not JSON: %r", line[:200])
+        return good
+
+    def run(self, stop: threading.Event, drain_timeout: float = 30.0) -> int:
+        """Store until `stop` is set, then until the spool is empty or `drain_timeout` passes.
+        Returns the bytes left in the spool (they are stored at the next start)."""
+        delay = self.interval
+        while not stop.is_set():
+            try:
+                busy = self.step()
+                delay = self.interval
+            except Exception:
+                busy = False
+                delay = min(max(delay * 2, 0.5), 10.0)
+            self.write_status()
+            if not busy:
+                stop.wait(delay)
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            try:
+                if not self.step() and not self.spool.backlog_bytes():
+                    break
+            except Exception:
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        left = self.spool.backlog_bytes()
+        self.write_status(force=True, state="stopped")
+        return left
+
+    def write_status(self, force: bool = False, state: str | None = None) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < STATUS_EVERY:
+            return
+        self._status_at = now
+        status = {
+            "state": state or ("store failing" if self.failing else "ok"),
+            "since": self._since,
+            "error": self.failing,
+            "stored": self.stored,
+            "spooled_bytes": self.spool.backlog_bytes(),
+            "pid": os.getpid(),
+            "updated": time.time(),
+        }
+        path = self.spool.folder / STATUS
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(status))
+        os.replace(tmp, path)
+
+
+def read_status(folder: Path) -> dict:
+    try:
+        return orjson.loads((Path(folder) / STATUS).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}

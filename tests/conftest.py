@@ -71,19 +71,23 @@ def mongodb_base() -> Iterator[str]:
     proc.stdout.close()
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
-def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store of each kind: a SQLite file, or a new MongoDB database."""
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/hits.db"
-        return
-    base = request.getfixturevalue("mongodb_base")
+@pytest.fixture
+def mongodb_uri(mongodb_base: str) -> Iterator[str]:
+    """A new, empty MongoDB database, dropped afterwards."""
     name = "mongol_test_" + uuid.uuid4().hex[:12]
-    yield f"{base}/{name}?serverSelectionTimeoutMS=5000"
+    yield f"{mongodb_base}/{name}?serverSelectionTimeoutMS=5000"
     from pymongo import MongoClient
 
-    with MongoClient(base) as client:
+    with MongoClient(mongodb_base) as client:
         client.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each kind: a SQLite file, or a new MongoDB database."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/hits.db"
+    return request.getfixturevalue("mongodb_uri")
 
 
 @pytest.fixture
@@ -125,8 +129,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     def start(*args: str, env: dict[str, str] | None = None) -> Server:
         log_path = tmp_path / f"serve-{len(servers)}.log"
         with open(log_path, "wb") as log:
+            # the default store and spools live in the test's folder, never in the home directory
+            env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **(env or {})}
             proc = subprocess.Popen([str(BIN / "mongol-serve"), "127.0.0.1:0", *args], stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                    stdin=subprocess.DEVNULL, env=env)
         server = Server(proc, log_path)
         servers.append(server)
 
@@ -136,7 +142,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             return re.search(r"listening on http://127\.0\.0\.1:(\d+)/", server.log())
 
         server.port = int(wait_until(listening, START_TIMEOUT, "mongol-serve to listen").group(1))
-        wait_until(lambda: http_get(server.url + "/healthz")[0] == 200, START_TIMEOUT, "/healthz")
+        # "ok" once the writer has reported: it has opened the store and looked at the spool once
+        wait_until(lambda: http_get(server.url + "/healthz")[2].startswith(b"ok"), START_TIMEOUT, "/healthz ok")
         return server
 
     yield start

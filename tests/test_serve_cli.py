@@ -31,19 +31,23 @@ def test_bad_addresses(text):
         parse_address(text)
 
 
-def run(*args, env=None, timeout=30):
-    return subprocess.run([str(BIN / "mongol-serve"), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+@pytest.fixture
+def run(tmp_path):
+    def run(*args, env=None, timeout=30):
+        env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **(env or {})}
+        return subprocess.run([str(BIN / "mongol-serve"), *args], capture_output=True, text=True, timeout=timeout,
+                              env=env, stdin=subprocess.DEVNULL)
+    return run
 
 
-def test_bad_address_is_one_line_and_exit_2():
+def test_bad_address_is_one_line_and_exit_2(run):
     result = run("nowhere:port")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "mongol-serve: error: bad address 'nowhere:port': expected [host:]port, such as 127.0.0.1:8000, :8000 or 8000"]
 
 
-def test_unreachable_mongodb_is_one_line_and_exit_1():
+def test_unreachable_mongodb_is_one_line_and_exit_1(run):
     result = run("127.0.0.1:0", "--db", "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300")
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
@@ -55,14 +59,14 @@ def test_unreachable_mongodb_is_one_line_and_exit_1():
     ("redis://x", "unknown store URI 'redis://x'"),
     ("sqlite:///proc/nope/x.db", "cannot open the SQLite store /proc/nope/x.db"),
 ])
-def test_bad_store_is_one_line(uri, message):
+def test_bad_store_is_one_line(run, uri, message):
     result = run("127.0.0.1:0", "--db", uri)
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert message in line
 
 
-def test_port_in_use_is_one_line(start_server, tmp_path):
+def test_port_in_use_is_one_line(run, start_server, tmp_path):
     server = start_server("--db", f"sqlite://{tmp_path}/a.db")
     result = run(f"127.0.0.1:{server.port}", "--db", f"sqlite://{tmp_path}/b.db")
     assert result.returncode == 1
@@ -70,12 +74,12 @@ def test_port_in_use_is_one_line(start_server, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_bad_trusted_proxy():
+def test_bad_trusted_proxy(run):
     result = run("--trusted-proxy", "not-an-ip")
     assert result.returncode == 2 and "bad --trusted-proxy 'not-an-ip'" in result.stderr
 
 
-def test_help_documents_every_option():
+def test_help_documents_every_option(run):
     result = run("--help")
     assert result.returncode == 0
     for action in build_parser()._actions:

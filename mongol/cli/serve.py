@@ -1,17 +1,18 @@
-"""mongol-serve: the tracking-pixel server (gevent WSGI, hits written in batches)."""
+"""mongol-serve: the tracking-pixel server (gevent WSGI workers, a spool on disk, a writer process)."""
 
 import argparse
 import logging
-import signal
-import socket
+import os
 import sys
+from pathlib import Path
 
 from mongol import __version__
 from mongol.errors import MongolError
-from mongol.location import ENV_VAR, default_db_path
+from mongol.hit import parse_networks
+from mongol.location import ENV_VAR, default_db_path, default_spool, resolve_db_uri
+from mongol.supervisor import Settings, serve
 
 DEFAULT_ADDRESS = "0.0.0.0:8000"
-log = logging.getLogger("mongol.serve")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mongol-serve",
         description="Answer tracking requests with a 1x1 transparent GIF and store each as a hit.",
         epilog=f"Without --db or ${ENV_VAR}, hits go to the embedded store {default_db_path()}, "
-               "which mongol-report reads by default too.",
+               "which mongol-report reads by default too. Signals: TERM/INT stop (spooled hits are stored "
+               "first), HUP reopens the log file.",
     )
     parser.add_argument("address", nargs="?", default=DEFAULT_ADDRESS,
                         help=f"where to listen: host:port, :port or port (default {DEFAULT_ADDRESS}; "
@@ -40,15 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", metavar="URI",
                         help="the store: mongodb://..., mongodb+srv://... or sqlite:///path/file.db "
                              f"(default: ${ENV_VAR}, else the embedded store)")
+    parser.add_argument("--spool", metavar="DIR", type=Path,
+                        help="where hits wait for the store, on disk (default: FILE.spool beside an SQLite "
+                             "store, else a folder per MongoDB URI in the data folder)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="serving processes sharing the port (default: the number of cores, "
+                             f"{os.cpu_count()}); 0 only drains the spool")
     parser.add_argument("--trusted-proxy", metavar="CIDR", action="append", default=[],
                         help="a proxy (address or CIDR block) whose X-Forwarded-For names the client; repeatable")
-    parser.add_argument("--batch-size", type=int, default=500, metavar="N",
-                        help="store hits as soon as N are queued (default 500)")
-    parser.add_argument("--flush-interval", type=float, default=0.25, metavar="SECONDS",
-                        help="store queued hits at least this often (default 0.25)")
-    parser.add_argument("--max-queue", type=int, default=100_000, metavar="N",
-                        help="hits held in memory at most; beyond that requests get 503 (default 100000)")
-    parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument("--batch-size", type=int, default=2000, metavar="N",
+                        help="hits stored per insert at most (default 2000)")
+    parser.add_argument("--flush-interval", type=float, default=0.1, metavar="SECONDS",
+                        help="how often the writer looks for new hits when idle (default 0.1)")
+    parser.add_argument("--max-held", type=int, default=100_000, metavar="N",
+                        help="hits a worker holds in memory while the spool's disk refuses them (default "
+                             "100000); beyond that the pixel answers 503")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fsync the spool before each answer: hits survive a power loss, at a cost per hit")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="at stop, how long to keep storing spooled hits (default 30); what is left "
+                             "stays in the spool for the next start")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="log to this file instead of stderr (reopened on SIGHUP, for logrotate)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="least severe message to log (default INFO)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -57,69 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s mongol-serve %(levelname)s: %(message)s")
     try:
-        address = parse_address(args.address)
-        from mongol.hit import parse_networks
-
+        host, port = parse_address(args.address)
         trusted = parse_networks(args.trusted_proxy)
+        if args.workers < 0 or args.batch_size < 1 or args.flush_interval <= 0 or args.max_held < 0:
+            raise MongolError("--workers, --batch-size, --flush-interval and --max-held must be positive")
     except (MongolError, ValueError) as exc:
         print(f"mongol-serve: error: {exc}", file=sys.stderr)
         return 2
-    # Patch before pymongo is imported, so that its sockets cooperate with the event loop.
-    from gevent import monkey
-
-    monkey.patch_all()
-    return _serve(args, address, trusted)
-
-
-def _serve(args: argparse.Namespace, address: tuple[str, int], trusted: tuple) -> int:
-    import gevent
-    from gevent.event import Event
-    from gevent.pywsgi import WSGIServer
-
-    from mongol.app import PixelApp
-    from mongol.location import resolve_db_uri
-    from mongol.stores import open_store
-    from mongol.writer import Writer
-
-    class NoDelayServer(WSGIServer):
-        """pywsgi sends headers and body in two writes: without TCP_NODELAY, Nagle's algorithm
-        waits for the client's delayed ACK and every keep-alive request stalls ~40 ms."""
-
-        def handle(self, sock: socket.socket, client: tuple) -> None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle(sock, client)
-
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=args.log_level, handlers=[handler],
+                        format="%(asctime)s mongol-serve[%(process)d] %(levelname)s: %(message)s")
+    uri = resolve_db_uri(args.db)
+    settings = Settings(host=host, port=port, db_uri=uri, spool=args.spool or default_spool(uri),
+                        workers=args.workers, trusted=trusted, batch_size=args.batch_size,
+                        flush_interval=args.flush_interval, max_pending=args.max_held, access_log=args.access_log,
+                        fsync=args.fsync, drain_timeout=args.drain_timeout)
     try:
-        store = open_store(resolve_db_uri(args.db))
+        return serve(settings)
     except MongolError as exc:
         print(f"mongol-serve: error: {exc}", file=sys.stderr)
         return 1
-    writer = Writer(store, batch_size=args.batch_size, flush_interval=args.flush_interval, max_queue=args.max_queue)
-    access_log = logging.getLogger("mongol.access") if args.access_log else None
-    server = NoDelayServer(address, PixelApp(writer, trusted), log=access_log,
-                           error_log=logging.getLogger("mongol.http"))
-    try:
-        server.start()
-    except OSError as exc:
-        reason = exc.strerror or exc
-        print(f"mongol-serve: error: cannot listen on {address[0]}:{address[1]}: {reason}", file=sys.stderr)
-        store.close()
-        return 1
-    writer.start()
-    host, port = server.address[:2]
-    log.info("storing hits in %s", store.description)
-    log.info("listening on http://%s:%d/", f"[{host}]" if ":" in host else host, port)
-
-    stop = Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stop.set)
-    stop.wait()
-    log.info("stopping: no new connections, storing %d queued hits", writer.depth)
-    server.stop(timeout=1)
-    left = writer.stop()
-    store.close()
-    log.info("stopped, %d hits stored in this run", writer.stored)
-    return 1 if left else 0

@@ -27,6 +27,10 @@ class Store(Protocol):
     def insert_many(self, hits: list[Hit]) -> int:
         """Store a batch; a hit whose `_id` is already stored is skipped. Returns how many were new."""
 
+    def insert_lines(self, lines: list[bytes]) -> int:
+        """Store a batch of journal lines (JSON hits whose `time` is integer microseconds since the
+        epoch, UTC), skipping ids already stored. Returns how many were new."""
+
     def hits(self, start: datetime | None = None, end: datetime | None = None,
              site: str | None = None) -> Iterator[Hit]:
         """The hits with start <= time < end (either bound optional), optionally of one site."""
@@ -34,6 +38,11 @@ class Store(Protocol):
     def count(self, start: datetime | None = None, end: datetime | None = None,
               site: str | None = None) -> int:
         """How many hits `hits()` would give for the same arguments."""
+
+    def pageviews_by_page(self, start: datetime | None = None,
+                          site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
+        """The default report, natively: the sum of `pageviews` per `{url, title}` key (a field absent
+        from the hit is absent from the key), for hits with start <= time."""
 
     def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
         """Delete hits with time < cutoff, optionally only those of one site; returns how many."""

@@ -6,9 +6,11 @@ Write concern, read preference, TLS and timeouts are the URI's own options
 """
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from bson import ObjectId
+import orjson
+from bson import Code, ObjectId
 from pymongo import ASCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -19,6 +21,7 @@ DEFAULT_DATABASE = "mongol"
 COLLECTION = "analytics"
 DUPLICATE_KEY = 11000
 SELECTION_TIMEOUT_MS = 5000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class MongoStore:
@@ -63,6 +66,14 @@ class MongoStore:
                 raise
             return exc.details.get("nInserted", 0)
 
+    def insert_lines(self, lines: list[bytes]) -> int:
+        hits = []
+        for line in lines:
+            hit = orjson.loads(line)
+            hit["time"] = EPOCH + timedelta(microseconds=hit["time"])
+            hits.append(hit)
+        return self.insert_many(hits)
+
     @staticmethod
     def _filter(start: datetime | None, end: datetime | None, site: str | None) -> dict:
         query: dict = {}
@@ -86,6 +97,26 @@ class MongoStore:
     def count(self, start: datetime | None = None, end: datetime | None = None,
               site: str | None = None) -> int:
         return self.collection.count_documents(self._filter(start, end, site))
+
+    def pageviews_by_page(self, start: datetime | None = None,
+                          site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
+        group = {"$group": {"_id": {"url": "$url", "title": "$title"}, "value": {"$sum": "$pageviews"}}}
+        for doc in self.collection.aggregate([{"$match": self._filter(start, None, site)}, group]):
+            yield doc["_id"], doc["value"]
+
+    def aggregate(self, pipeline: list[dict], start: datetime | None = None,
+                  site: str | None = None) -> list[dict]:
+        """A user's aggregation pipeline, run on the hits of the window (and site) only."""
+        return list(self.collection.aggregate([{"$match": self._filter(start, None, site)}, *pipeline]))
+
+    def server_map_reduce(self, mapper: str, reducer: str, finalize: str | None, start: datetime | None = None,
+                          site: str | None = None) -> list[tuple[Any, Any]]:
+        """The server's own (deprecated, but still present) mapReduce command, results inline."""
+        options: dict[str, Any] = {"query": self._filter(start, None, site), "out": {"inline": 1}}
+        if finalize:
+            options["finalize"] = Code(finalize)
+        reply = self._db.command("mapReduce", COLLECTION, map=Code(mapper), reduce=Code(reducer), **options)
+        return [(doc["_id"], doc["value"]) for doc in reply["results"]]
 
     def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
         return self.collection.delete_many(self._filter(None, cutoff, site)).deleted_count

@@ -10,6 +10,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -30,6 +31,14 @@ CREATE TABLE IF NOT EXISTS hits (
 );
 CREATE INDEX IF NOT EXISTS hits_time ON hits (time);
 CREATE INDEX IF NOT EXISTS hits_site_time ON hits (site, time);
+"""
+
+
+INSERT_RECORDS = """INSERT OR IGNORE INTO hits (id, time, site, doc)
+SELECT value ->> '$._id', value ->> '$.time',
+       iif(json_type(value, '$.site') = 'text', value ->> '$.site', NULL),
+       json_remove(value, '$._id', '$.time')
+FROM json_each(?)
 """
 
 
@@ -68,16 +77,13 @@ class SQLiteStore:
             raise StoreError(f"the SQLite store {self.path} is not usable: {exc}") from exc
 
     def insert_many(self, hits: list[Hit]) -> int:
-        # The whole batch is one JSON parameter of one statement: sqlite3 releases the GIL once per
-        # step, and a step per row would make the writer thread queue for the GIL behind the event
-        # loop at every row (a convoy that cut throughput tenfold under load).
-        payload = orjson.dumps([
-            (hit["_id"], to_us(hit["time"]), site if isinstance(site := hit.get("site"), str) else None,
-             {k: v for k, v in hit.items() if k != "_id" and k != "time"})
-            for hit in hits])
-        return self._db.execute(
-            "INSERT OR IGNORE INTO hits (id, time, site, doc)"
-            " SELECT value ->> 0, value ->> 1, value ->> 2, value -> 3 FROM json_each(?)", (payload,)).rowcount
+        return self.insert_lines([orjson.dumps({**hit, "time": to_us(hit["time"])}) for hit in hits])
+
+    def insert_lines(self, lines: list[bytes]) -> int:
+        # The whole batch is one JSON array bound to one statement: no Python work per hit, and
+        # one step of the engine (a step per row in a busy process queues for the GIL at every row).
+        payload = b"[" + b",".join(lines) + b"]"
+        return self._db.execute(INSERT_RECORDS, (payload.decode("utf-8", "replace"),)).rowcount
 
     def _where(self, start: datetime | None, end: datetime | None, site: str | None) -> tuple[str, list]:
         clauses, args = [], []
@@ -106,6 +112,18 @@ class SQLiteStore:
               site: str | None = None) -> int:
         where, args = self._where(start, end, site)
         return self._db.execute(f"SELECT count(*) FROM hits{where}", args).fetchone()[0]
+
+    def pageviews_by_page(self, start: datetime | None = None,
+                          site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
+        where, args = self._where(start, None, site)
+        query = f"SELECT doc -> '$.url', doc -> '$.title', sum(doc ->> '$.pageviews') FROM hits{where} GROUP BY 1, 2"
+        for url, title, total in self._db.execute(query, args):
+            key = {}
+            if url is not None:
+                key["url"] = orjson.loads(url)
+            if title is not None:
+                key["title"] = orjson.loads(title)
+            yield key, total
 
     def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
         where, args = self._where(None, cutoff, site)

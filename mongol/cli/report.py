@@ -1,0 +1,122 @@
+"""mongol-report CONFIG: one report per INI section, written as a JSONP file for a static server."""
+
+import argparse
+import contextlib
+import fcntl
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from mongol import __version__
+from mongol.errors import MongolError
+from mongol.location import ENV_VAR, default_db_path, resolve_db_uri
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 75
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mongol-report",
+        description="Write one report per section of CONFIG as OUTPUT/SECTION.json (JSONP), then remove hits "
+                    "older than each section's time window.",
+        epilog=f"Exit status: 0 all written, 1 a section failed (the others still ran), 2 configuration error "
+               f"(nothing written), {EXIT_LOCKED} another run holds CONFIG. Without --db or ${ENV_VAR}, the "
+               f"embedded store {default_db_path()} is read.",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="the INI file (see reports.cfg.example)")
+    parser.add_argument("--db", metavar="URI", help=f"the store, as for mongol-serve (default: ${ENV_VAR}, "
+                                                    "else the embedded store)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compute every report and say what would be written and removed; change nothing")
+    parser.add_argument("--wait", action="store_true",
+                        help=f"if another run holds CONFIG, wait for it instead of exiting with {EXIT_LOCKED}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="say what each section wrote and removed")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def say(message: str) -> None:
+    print(f"mongol-report: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def locked(path: str, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on the config file itself, so two cron runs never work on the same reports."""
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _progress(enabled: bool) -> Callable[[Iterator, int], Iterator] | None:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    def wrap(hits: Iterator, total: int) -> Iterator:
+        return iter(tqdm(hits, total=total, unit="hit", unit_scale=True, leave=False, file=sys.stderr))
+    return wrap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mongol.reportconfig import ConfigError, load
+
+    uri = resolve_db_uri(args.db)
+    try:
+        specs = load(args.config, mongodb=uri.startswith("mongodb"))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            say(problem)
+        return EXIT_CONFIG
+    with locked(args.config, args.wait) as got_lock:
+        if not got_lock:
+            say(f"another mongol-report is working on {args.config}; not running twice (--wait waits for it)")
+            return EXIT_LOCKED
+        return _run(specs, uri, args)
+
+
+def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
+    from mongol.jsonp import publish, render
+    from mongol.report import compute, plan_purge
+    from mongol.stores import open_store
+
+    try:
+        store = open_store(uri)
+    except MongolError as exc:
+        say(str(exc))
+        return EXIT_FAILED
+    now = datetime.now(UTC)
+    progress = _progress(sys.stderr.isatty() and not args.dry_run)
+    failed = []
+    try:
+        for spec in specs:
+            try:
+                rows = compute(spec, store, now, progress)
+                purge = plan_purge(spec, specs, now)
+                if args.dry_run:
+                    print(f"[{spec.name}] would write {spec.path} ({len(rows)} results)")
+                    if purge is not None and purge.cutoff is not None:
+                        count = store.count(end=purge.cutoff, site=purge.site)
+                        print(f"[{spec.name}] would remove {count} hits of site {purge.site!r} older than "
+                              f"{purge.cutoff.isoformat()}" + (f" ({purge.reason})" if purge.reason else ""))
+                    elif purge is not None:
+                        print(f"[{spec.name}] would remove nothing: {purge.reason}")
+                    continue
+                publish(spec.path, render(spec.callback, rows))
+                removed = store.delete_before(purge.cutoff, purge.site) if purge and purge.cutoff else 0
+                if args.verbose:
+                    say(f"[{spec.name}] wrote {spec.path} ({len(rows)} results), removed {removed} hits")
+            except Exception as exc:  # a failing section must not stop the others
+                failed.append(spec.name)
+                detail = str(exc) if isinstance(exc, MongolError) else f"{type(exc).__name__}: {exc}"
+                say(f"[{spec.name}] failed: {' '.join(detail.split())}")
+    finally:
+        store.close()
+    if failed:
+        say(f"{len(failed)} of {len(specs)} sections failed: {', '.join(failed)}")
+        return EXIT_FAILED
+    return 0

@@ -1,0 +1,240 @@
+"""The spool: hits appended to files on disk before the pixel answers, drained into the store later.
+
+Each serving process appends one JSON line per hit to its own segment file (`PID-SEQ.jsonl`),
+with one `write()` per hit, before the response goes out: once a client has its GIF, the hit is in
+the kernel's page cache and survives a crash of any Mongol process (not a power loss, unless
+`fsync` is asked for). The process holds an exclusive `flock` on its open segment and starts a new
+one every ROTATE_SECONDS or ROTATE_BYTES; a segment nobody holds is closed (the lock goes with its
+process, even after `kill -9`). The writer process reads every segment from where it left off,
+stores complete lines, and deletes a segment once it is closed and stored. Records carry their
+`_id`, and stores skip ids they already hold, so reading a segment twice stores nothing twice.
+"""
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from mongol.stores import Hit
+
+log = logging.getLogger("mongol.journal")
+
+ROTATE_SECONDS = 2.0
+ROTATE_BYTES = 8 * 1024 * 1024
+SUFFIX = ".jsonl"
+
+
+def encode(hit: Hit) -> bytes:
+    """A hit as one journal line; `time` is an int of microseconds since the epoch (UTC)."""
+    return orjson.dumps(hit, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class JournalFull(OSError):
+    """The spool cannot take the hit (disk full, read-only, ...); the caller decides what to do."""
+
+
+class Journal:
+    """The append side, one per serving process."""
+
+    def __init__(self, folder: Path, fsync: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._fd = -1
+        self._seq = 0
+        self._opened = 0.0
+        self._size = 0
+
+    def _open(self) -> None:
+        self._seq += 1
+        path = self.folder / f"{os.getpid()}-{self._seq:08d}{SUFFIX}"
+        # Created under another name and locked before it gets its own: the writer must never see
+        # a segment that is not locked yet, or it would take it for closed, and empty, and delete it.
+        making = path.with_suffix(".new")
+        fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(making, path)
+        old, self._fd = self._fd, fd
+        self._opened, self._size = time.monotonic(), 0
+        if old >= 0:
+            os.close(old)  # releases its lock: the writer may now finish and delete it
+
+    def append(self, line: bytes) -> None:
+        """Write one encoded hit; raises JournalFull when the disk refuses it."""
+        try:
+            if self._fd < 0 or self._size >= ROTATE_BYTES:
+                self._open()
+            written = os.write(self._fd, line)
+            if written != len(line):  # a torn line: finish it, or start clean in a new segment
+                os.write(self._fd, line[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self.close()
+            raise JournalFull(exc.errno, f"cannot write to the spool {self.folder}: {exc.strerror}") from exc
+        self._size += len(line)
+
+    def rotate_if_old(self) -> None:
+        """Called about once a second: an idle or old segment is closed so that it can be deleted."""
+        if self._fd >= 0 and time.monotonic() - self._opened >= ROTATE_SECONDS:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Recorder:
+    """What the pixel calls for each hit: append it to the journal, or, while the disk refuses
+    (full, read-only), hold it in memory, bounded, and retry. False means the hit was not taken."""
+
+    def __init__(self, journal: Journal, max_pending: int = 100_000) -> None:
+        self.journal = journal
+        self.max_pending = max_pending
+        self.pending: deque[bytes] = deque()
+        self.failing = False
+        self._next_check = 0.0
+
+    def __call__(self, hit: Hit) -> bool:
+        line = encode(hit)
+        now = time.monotonic()
+        if now >= self._next_check:  # about once a second: rotate, and retry what the disk refused
+            self._next_check = now + 1.0
+            self.retry()
+        if not self.pending:
+            try:
+                self.journal.append(line)
+                return True
+            except JournalFull as exc:
+                if not self.failing:
+                    log.error("%s; holding hits in memory (at most %d) until it can", exc, self.max_pending)
+                    self.failing = True
+        if len(self.pending) >= self.max_pending:
+            return False
+        self.pending.append(line)
+        return True
+
+    def retry(self) -> None:
+        """Start a new segment if the current one is old; move held hits to the journal if it takes them."""
+        self.journal.rotate_if_old()
+        while self.pending:
+            try:
+                self.journal.append(self.pending[0])
+            except JournalFull:
+                return
+            self.pending.popleft()
+        if self.failing:
+            log.warning("the spool %s takes hits again", self.journal.folder)
+            self.failing = False
+
+    def close(self) -> int:
+        """Flush what can be flushed; returns how many held hits are lost (the disk never came back)."""
+        self.retry()
+        self.journal.close()
+        if self.pending:
+            log.error("%d hits held in memory are lost: the spool %s still refuses them",
+                      len(self.pending), self.journal.folder)
+        return len(self.pending)
+
+
+@dataclass
+class Segment:
+    path: Path
+    offset: int = 0  # bytes already stored
+    torn: bool = False
+
+
+class Spool:
+    """The drain side, in the writer process."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._segments: dict[str, Segment] = {}
+
+    def backlog_bytes(self) -> int:
+        """Bytes of spooled hits not yet stored."""
+        total = 0
+        for path in self.folder.glob(f"*{SUFFIX}"):
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            total += size - self._segments.get(path.name, Segment(path)).offset
+        return total
+
+    def read(self, max_lines: int) -> tuple[list[bytes], list[tuple[Segment, int]]]:
+        """Up to max_lines complete lines not stored yet, oldest segments first, and how far each
+        segment they came from will be stored once they are (pass that to `commit`)."""
+        lines: list[bytes] = []
+        marks: list[tuple[Segment, int]] = []
+        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
+            segment = self._segments.setdefault(path.name, Segment(path))
+            if len(lines) >= max_lines:
+                break
+            try:
+                with open(path, "rb") as f:
+                    f.seek(segment.offset)
+                    data = f.read(max(65536, (max_lines - len(lines)) * 512))
+            except FileNotFoundError:
+                self._segments.pop(path.name, None)
+                continue
+            end = data.rfind(b"\n") + 1
+            if not end:
+                continue
+            chunk = data[:end].split(b"\n")[:-1]
+            take = chunk[:max_lines - len(lines)]
+            lines.extend(take)
+            marks.append((segment, segment.offset + sum(len(line) + 1 for line in take)))
+        return lines, marks
+
+    def commit(self, marks: list[tuple[Segment, int]]) -> None:
+        for segment, offset in marks:
+            segment.offset = offset
+
+    def remove_finished(self) -> int:
+        """Delete closed segments whose every complete line is stored; returns how many went."""
+        removed = 0
+        for name, segment in list(self._segments.items()):
+            try:
+                size = segment.path.stat().st_size
+            except FileNotFoundError:
+                del self._segments[name]
+                continue
+            if not _is_closed(segment.path):
+                continue
+            if segment.offset < size:
+                with open(segment.path, "rb") as f:
+                    f.seek(segment.offset)
+                    if b"\n" in f.read(size - segment.offset):
+                        continue  # complete lines still to store
+                # Closed with an unterminated last line: a write torn by a crash or a full disk.
+                log.warning("dropping a torn last line (%d bytes) of %s", size - segment.offset, segment.path.name)
+            segment.path.unlink(missing_ok=True)
+            del self._segments[name]
+            removed += 1
+        return removed
+
+
+def _is_closed(path: Path) -> bool:
+    """True when no process holds the segment open for appending."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    finally:
+        os.close(fd)
+    return True

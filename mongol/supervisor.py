@@ -1,0 +1,235 @@
+"""mongol-serve's processes: a supervisor, the serving workers, and one writer.
+
+    supervisor ── N workers (gevent): accept on the shared socket, answer, append hits to the spool
+               └─ writer: drains the spool into the store
+
+The supervisor binds the socket, starts the writer (which opens the store and says whether it
+could), then the workers; it restarts a child that dies, forwards SIGHUP (reopen log files),
+and on SIGTERM/SIGINT stops the workers first (no new hits), then the writer, which stores what
+is spooled before it exits. Children get SIGKILL if the supervisor dies, so a `kill -9` of
+mongol-serve leaves no orphan holding the port; the spool on disk keeps their hits for the next
+start. The supervisor never imports gevent's monkey-patching or pymongo: each child does, after
+the fork.
+"""
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mongol.errors import MongolError
+
+log = logging.getLogger("mongol.serve")
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+PR_SET_PDEATHSIG = 1
+WORKER_STOP_TIMEOUT = 10.0
+STORE_OPEN_TIMEOUT = 60.0
+MAX_REQUEST_LINE = 8192  # longer request lines get 414 from the HTTP server (the query limit is 8000 bytes)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    db_uri: str
+    spool: Path
+    workers: int
+    trusted: tuple = ()
+    batch_size: int = 2000
+    flush_interval: float = 0.1
+    max_pending: int = 100_000
+    access_log: bool = False
+    fsync: bool = False
+    drain_timeout: float = 30.0
+
+
+def reopen_log_files() -> None:
+    """SIGHUP: reopen every log file (after logrotate moved it)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                handler.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+
+
+def _fork(target, *args: object) -> int:  # noqa: ANN001 - any child entry point
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        # Signals stay blocked, as in the supervisor, until the child has its own handlers.
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(1)
+        code = target(*args)
+    except BaseException:
+        log.exception("process %d failed", os.getpid())
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _writer_main(settings: Settings, ready: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us in order
+    from mongol.journal import Spool
+    from mongol.stores import open_store
+    from mongol.writer import Writer
+
+    try:
+        store = open_store(settings.db_uri)
+        spool = Spool(settings.spool)
+    except (MongolError, OSError) as exc:
+        message = str(exc) if isinstance(exc, MongolError) else f"cannot use the spool {settings.spool}: {exc}"
+        os.write(ready, b"error " + message.encode())
+        return 1
+    os.write(ready, b"ok " + store.description.encode())
+    os.close(ready)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reopen_log_files())
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval)
+    left = writer.run(stop, settings.drain_timeout)
+    store.close()
+    log.info("stopped, %d hits stored in this run", writer.stored)
+    if left:
+        log.warning("%d bytes of hits stay in the spool %s: they are stored at the next start", left, settings.spool)
+    return 0
+
+
+def _worker_main(settings: Settings, listener: socket.socket) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    from gevent.event import Event
+
+    from mongol.app import Health, PixelApp
+    from mongol.httpserver import WSGIServer
+    from mongol.journal import Journal, Recorder
+
+    recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending)
+    app = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted)
+    if settings.access_log:
+        app = _access_logged(app)
+    shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
+    listener.close()
+    server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"))
+    server.start()
+    stop = Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGHUP, reopen_log_files)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    stop.wait()
+    server.stop(timeout=2)
+    return 1 if recorder.close() else 0
+
+
+def _access_logged(app):  # noqa: ANN001 - WSGI in, WSGI out
+    """--access-log: one line per request (method, path and query, status, client)."""
+    access = logging.getLogger("mongol.access")
+
+    def logged(environ: dict, start_response):  # noqa: ANN001
+        def start(status: str, headers: list, exc_info: object = None):
+            query = environ.get("QUERY_STRING")
+            access.info('%s "%s %s%s" %s', environ.get("REMOTE_ADDR"), environ["REQUEST_METHOD"],
+                        environ.get("PATH_INFO"), "?" + query if query else "", status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+        return app(environ, start)
+    return logged
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise MongolError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _start_writer(settings: Settings) -> int:
+    """Fork the writer and wait until it has opened the store; MongolError if it could not."""
+    read_end, write_end = os.pipe()
+    pid = _fork(_writer_main, settings, write_end)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], STORE_OPEN_TIMEOUT)
+    answer = os.read(read_end, 65536).decode(errors="replace") if ready else "error the writer did not start"
+    os.close(read_end)
+    kind, _, text = answer.partition(" ")
+    if kind != "ok":
+        _wait(pid, 5.0)
+        raise MongolError(text or "the writer process died while opening the store")
+    log.info("storing hits in %s", text)
+    return pid
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """Reap `pid`, killing it after `timeout`; its exit code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        signal.sigtimedwait({signal.SIGCHLD}, 0.05)
+
+
+def serve(settings: Settings) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    listener = listen(settings.host, settings.port)
+    try:
+        writer = _start_writer(settings)
+    except MongolError:
+        listener.close()
+        raise
+    workers = {_fork(_worker_main, settings, listener) for _ in range(max(settings.workers, 0))}
+    host, port = listener.getsockname()[:2]
+    if settings.workers:
+        log.info("listening on http://%s:%d/ with %d worker processes", f"[{host}]" if ":" in host else host, port,
+                 settings.workers)
+    else:
+        listener.close()
+        log.info("no workers: draining the spool %s only", settings.spool)
+    while True:
+        info = signal.sigwaitinfo(SIGNALS)
+        if info.si_signo == signal.SIGHUP:
+            reopen_log_files()
+            for pid in (*workers, writer):
+                os.kill(pid, signal.SIGHUP)
+        elif info.si_signo == signal.SIGCHLD:
+            while True:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if not pid:
+                    break
+                code = os.waitstatus_to_exitcode(status)
+                if pid == writer:
+                    log.error("the writer process exited with %d; starting another", code)
+                    writer = _start_writer(settings)
+                elif pid in workers:
+                    log.error("worker %d exited with %d; starting another", pid, code)
+                    workers.discard(pid)
+                    workers.add(_fork(_worker_main, settings, listener))
+        else:
+            break
+    log.info("stopping: no new hits, then storing what is spooled")
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    failed = [pid for pid in workers if _wait(pid, WORKER_STOP_TIMEOUT) != 0]
+    listener.close()
+    os.kill(writer, signal.SIGTERM)
+    writer_code = _wait(writer, settings.drain_timeout + 30)
+    return 1 if failed or writer_code else 0
