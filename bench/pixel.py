@@ -262,7 +262,7 @@ def start_mongol(serve: str, tmp: Path, db_uri: str) -> Server:
 
 
 def drain(server: Server) -> None:
-    """mongol stores hits a little after answering: wait until none is queued and the stored count holds,
+    """mongol stores hits a little after answering: wait until none is spooled and the stored count holds,
     so that a run's CPU includes storing its hits and the next run's does not."""
     if not server.stores_hits:
         return
@@ -270,7 +270,7 @@ def drain(server: Server) -> None:
 
     def settled() -> bool | None:
         reply = http_get(server.port, "/healthz")
-        state = re.search(r"(\d+) hits queued, (\d+) stored", reply[1].decode()) if reply else None
+        state = re.search(r"(\d+) bytes spooled, (\d+) stored", reply[1].decode()) if reply else None
         if not state or state.group(1) != "0":
             return False
         last.append(state.group(2))
