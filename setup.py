@@ -30,6 +30,8 @@ setup(
         "console_scripts": [
             "mongol-serve=mongol.cli.serve:main",
             "mongol-report=mongol.cli.report:main",
+            "mongol-check=mongol.cli.check:main",
+            "mongol-ingest=mongol.cli.ingest:main",
         ],
     },
     classifiers=[
