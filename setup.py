@@ -11,6 +11,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["mongol", "mongol.*"]),
+    package_data={"mongol": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css"]},
     install_requires=[
         "gevent>=24.2.1",
         "pymongo>=4.6",
@@ -23,6 +24,7 @@ setup(
             "pytest>=8.0",
             "hypothesis>=6.100",
             "pillow>=10.0",
+            "playwright>=1.40",
             "ruff>=0.6",
         ],
     },

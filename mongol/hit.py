@@ -161,9 +161,10 @@ def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = ()) -> Hit:
+def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: int | None = None) -> Hit:
     """The hit a WSGI request records, as a journal record (`time` in integer microseconds since the
-    epoch, UTC); raises RequestError when there is none to record."""
+    epoch, UTC); raises RequestError when there is none to record. `now_us` is when the request
+    arrived, if not now (mongol-ingest passes the time nginx logged)."""
     hit: Hit = parse_query(environ.get("QUERY_STRING", ""))
     for name in ("site", "url"):
         if type(hit.get(name)) is list:
@@ -174,7 +175,8 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = ()) -> Hit:
             raise RequestError("missing site and url: pass both as parameters or send a Referer")
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
-    now_us = _time.time_ns() // 1000
+    if now_us is None:
+        now_us = _time.time_ns() // 1000
     hit["_id"] = new_id(now_us // 1_000_000)
     hit["time"] = now_us
     hit["pageviews"] = 1

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mongol.mapreduce import Limits, map_reduce
+from mongol.mapreduce import DATE_TAG, Limits, encoded_batches, map_reduce_encoded, mapper_fields
 from mongol.reportconfig import ReportSpec
-from mongol.stores import Hit, Store
+from mongol.stores import Store
 
 # BSON's order of types, for sorting values and keys the way MongoDB compares them.
 _NULL, _NUMBER, _STRING, _OBJECT, _ARRAY, _BINARY, _OBJECTID, _BOOLEAN, _DATE, _OTHER = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
@@ -55,9 +55,13 @@ def window_start(spec: ReportSpec, now: datetime) -> datetime | None:
     return now - spec.window if spec.window else None
 
 
+Batches = Iterator[tuple[int, bytes]]
+
+
 def compute(spec: ReportSpec, store: Store, now: datetime,
-            progress: Callable[[Iterator[Hit], int], Iterator[Hit]] | None = None) -> list[dict]:
-    """The rows of one report. `progress` may wrap the hits fed to JavaScript (given their count)."""
+            progress: Callable[[Batches, int], Batches] | None = None) -> list[dict]:
+    """The rows of one report. `progress` may wrap the batches of hits fed to JavaScript, given how
+    many hits there are; each batch is (its number of hits, its JSON)."""
     start = window_start(spec, now)
     if spec.pipeline is not None:
         docs = store.aggregate(spec.pipeline, start, spec.site)  # type: ignore[attr-defined]
@@ -68,11 +72,14 @@ def compute(spec: ReportSpec, store: Store, now: datetime,
         pairs = store.server_map_reduce(spec.mapper, spec.reducer, spec.finalize,  # type: ignore[attr-defined]
                                         start, spec.site)
     else:
-        hits = store.hits(start, None, spec.site)
+        limits = Limits(cpu_seconds=spec.cpu_seconds, memory_mb=spec.memory_mb)
+        if hasattr(store, "json_batches"):  # the store writes the engine's JSON itself (SQLite)
+            batches = store.json_batches(start, spec.site, mapper_fields(spec.mapper), DATE_TAG)
+        else:
+            batches = encoded_batches(store.hits(start, None, spec.site), spec.mapper)
         if progress is not None:
-            hits = progress(hits, store.count(start, None, spec.site))
-        pairs = map_reduce(hits, spec.mapper, spec.reducer, spec.finalize,
-                           limits=Limits(cpu_seconds=spec.cpu_seconds, memory_mb=spec.memory_mb))
+            batches = progress(batches, store.count(start, None, spec.site))
+        pairs = map_reduce_encoded(batches, spec.mapper, spec.reducer, spec.finalize, limits=limits)
     return sort_and_limit(pairs, spec.descending, spec.limit)
 
 

@@ -299,7 +299,8 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path, store_uri, pages):
     result = report(config, store_uri)
     assert result.returncode == 1 and "boom" in result.stderr
     assert (tmp_path / "out" / "s.json").read_bytes() == before
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["s.json"]  # no temporary file left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "dashboard.css", "dashboard.js", "index.html", "reports.js", "s.json"]  # no temporary file left
 
 
 def test_store_unreachable(tmp_path):

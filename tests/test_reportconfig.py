@@ -46,7 +46,8 @@ def test_example_config_shows_every_option_and_parses():
         assert f"\n{option.name} = " in example, f"{option.name} is missing from reports.cfg.example"
         assert f"# {option.name}" in example or f"{option.name}:" in example, f"{option.name} has no comment"
     specs = load(ROOT / "reports.cfg.example", mongodb=True)
-    assert [s.name for s in specs] == ["site", "example-top", "languages", "browsers"]
+    assert [s.name for s in specs] == ["site", "example-top", "languages", "pageviews-per-hour", "pageviews-per-day",
+                                         "browsers"]
     site = specs[0]
     assert (site.window, site.callback, site.limit, site.descending, site.is_default) == (
         timedelta(days=2), "results", 10, True, True)

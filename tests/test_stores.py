@@ -86,7 +86,7 @@ def test_sqlite_layout(tmp_path):
     assert row[0] == int(T0.timestamp()) * 1_000_000 + 123456
     assert row[1] == "a.org" and '"title":"x"' in row[2]
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"hits_time", "hits_site_time"} <= indexes
+    assert {"hits_time_id", "hits_site_time"} <= indexes
 
 
 def test_sqlite_uri_forms():
@@ -135,3 +135,51 @@ def test_sqlite_writer_and_reporter_in_two_processes(tmp_path):
     writer.stderr.close()
     assert deleted + reader.count() == 40 * 250
     reader.close()
+
+
+def expected_pages(hits, start=None, site=None):
+    totals = {}
+    for h in hits:
+        if (start is None or h["time"] >= start) and (site is None or h.get("site") == site):
+            key = tuple((k, h[k]) for k in ("url", "title") if k in h)
+            totals[key] = totals.get(key, 0) + h["pageviews"]
+    return totals
+
+
+def got_pages(store, start=None, site=None):
+    return {tuple(key.items()): value for key, value in store.pageviews_by_page(start, site)}
+
+
+def test_pageviews_by_page_stays_exact_through_inserts_replays_and_purges(store):
+    """The native default report (hourly sums on SQLite, $group on MongoDB) against a count of the hits."""
+    hits = [make_hit(i * 7, site=["a.org", "b.org"][i % 2], url=f"/{i % 5}",
+                     **({"title": f"T{i % 3}"} if i % 4 else {})) for i in range(400)]  # 400 hits over 46 hours
+    store.insert_many(hits[:300])
+    store.insert_many(hits[250:])  # 50 replayed
+    starts = [None, T0, T0 + timedelta(minutes=95), T0 + timedelta(hours=20, seconds=1), T0 + timedelta(hours=60)]
+    for start in starts:
+        for site in (None, "a.org", "b.org"):
+            assert got_pages(store, start, site) == expected_pages(hits, start, site)
+    cutoff = T0 + timedelta(hours=13, minutes=17)  # in the middle of an hour
+    store.delete_before(cutoff, site="a.org")
+    left = [h for h in hits if not (h["time"] < cutoff and h["site"] == "a.org")]
+    for start in starts:
+        for site in (None, "a.org", "b.org"):
+            assert got_pages(store, start, site) == expected_pages(left, start, site)
+    store.delete_before(T0 + timedelta(days=30))
+    assert got_pages(store) == {}
+
+
+def test_sqlite_store_from_before_hourly_sums_is_migrated(tmp_path):
+    uri = f"sqlite://{tmp_path}/old.db"
+    hits = [make_hit(i * 13, url=f"/{i % 3}") for i in range(50)]
+    store = open_store(uri)
+    store.insert_many(hits)
+    store.close()
+    db = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    db.execute("DELETE FROM pageviews_hourly")
+    db.execute("PRAGMA user_version = 0")  # as a store made before pageviews_hourly existed
+    db.close()
+    store = open_store(uri)
+    assert got_pages(store) == expected_pages(hits)
+    store.close()

@@ -56,8 +56,11 @@ def _progress(enabled: bool) -> Callable[[Iterator, int], Iterator] | None:
         return None
     from tqdm import tqdm
 
-    def wrap(hits: Iterator, total: int) -> Iterator:
-        return iter(tqdm(hits, total=total, unit="hit", unit_scale=True, leave=False, file=sys.stderr))
+    def wrap(batches: Iterator[tuple[int, bytes]], total: int) -> Iterator[tuple[int, bytes]]:
+        with tqdm(total=total, unit="hit", unit_scale=True, leave=False, file=sys.stderr) as bar:
+            for count, batch in batches:
+                yield count, batch
+                bar.update(count)
     return wrap
 
 
@@ -116,7 +119,17 @@ def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
                 say(f"[{spec.name}] failed: {' '.join(detail.split())}")
     finally:
         store.close()
+    dashboard_failed = False
+    if not args.dry_run:
+        try:
+            from mongol.dashboard import write_dashboards
+
+            write_dashboards(specs, now)
+        except Exception as exc:  # reported like a failed section; the reports stay written
+            dashboard_failed = True
+            detail = str(exc) if isinstance(exc, MongolError) else f"{type(exc).__name__}: {exc}"
+            say(f"dashboard failed: {' '.join(detail.split())}")
     if failed:
         say(f"{len(failed)} of {len(specs)} sections failed: {', '.join(failed)}")
         return EXIT_FAILED
-    return 0
+    return EXIT_FAILED if dashboard_failed else 0

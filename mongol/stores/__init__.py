@@ -36,8 +36,9 @@ class Store(Protocol):
         """The hits with start <= time < end (either bound optional), optionally of one site."""
 
     def count(self, start: datetime | None = None, end: datetime | None = None,
-              site: str | None = None) -> int:
-        """How many hits `hits()` would give for the same arguments."""
+              site: str | None = None, match: dict[str, str] | None = None) -> int:
+        """How many hits `hits()` would give for the same arguments; with `match`, only those whose
+        field NAME is the string VALUE (or a list holding it), for every NAME: VALUE pair."""
 
     def pageviews_by_page(self, start: datetime | None = None,
                           site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
