@@ -18,6 +18,8 @@ setup(
         "orjson>=3.9",
         "quickjs-ng>=0.17",
         "tqdm>=4.66",
+        "prometheus_client>=0.20",
+        "nagiosplugin>=1.4",
     ],
     extras_require={
         "test": [

@@ -15,7 +15,8 @@ from typing import Any
 
 from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks
 
-#: A transparent 1x1 GIF89a, the same 43 bytes as nginx's empty_gif.
+#: A transparent 1x1 GIF89a in 43 bytes. (nginx's empty_gif is 43 bytes too, but marks colour 1 transparent
+#: while its pixel uses colour 0: decoders that follow the format show it black.)
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
 NO_CACHE = [
@@ -68,33 +69,73 @@ class Health:
 
 
 class PixelApp:
-    """GET or HEAD on any path: the pixel. A GET records a hit; HEAD only answers as GET would."""
+    """GET or HEAD on any path: the pixel. A GET records a hit; HEAD only answers as GET would.
+    /healthz says how things stand; /metrics gives Prometheus metrics when `metrics` is set."""
 
     def __init__(self, record: Callable[[Hit], bool], health: Callable[[], Response] | None = None,
-                 trusted_proxies: tuple[Network, ...] = ()) -> None:
+                 trusted_proxies: tuple[Network, ...] = (), metrics: Any = None) -> None:
         self.record = record
         self.health = health or (lambda: _text("200 OK", b"ok\n"))
         self.trusted = trusted_proxies
+        self.metrics = metrics
+        # Counted in plain ints on the request path, handed to the metrics by publish_metrics().
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self._published: dict[str, int] = {}
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
-        if environ.get("PATH_INFO") == "/healthz":
+        path = environ.get("PATH_INFO")
+        if path == "/healthz":
             status, headers, body = self.health()
+        elif path == "/metrics" and self.metrics is not None:
+            self.publish_metrics()
+            status, headers, body = "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                               *NO_CACHE], self.metrics.render()
         elif method != "GET" and method != "HEAD":
+            self._reject("method")
             status, headers, body = _text("405 Method Not Allowed", b"only GET and HEAD\n", [("Allow", "GET, HEAD")])
         else:
             try:
                 hit = hit_from_environ(environ, self.trusted)
             except RequestError as exc:
+                self._reject(exc.reason)
                 status, headers, body = _text(exc.status, exc.body)
             else:
-                if method == "HEAD" or self.record(hit):
+                if method == "HEAD":
                     start_response("200 OK", GIF_HEADERS)
-                    return [GIF] if method == "GET" else []
+                    return []
+                if self.record(hit):
+                    self.accepted += 1
+                    start_response("200 OK", GIF_HEADERS)
+                    return [GIF]
+                self._reject("busy")
                 status, headers, body = _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
                                               [("Retry-After", "1")])
         start_response(status, headers)
         return [body] if method != "HEAD" else []
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def publish_metrics(self) -> None:
+        """Hand the counts gathered since the last call to the metrics (about once a second)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        counts = {"accepted": self.accepted, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
+        recorder = self.record
+        if hasattr(recorder, "spooled"):
+            counts["spooled"] = recorder.spooled
+            metrics.queue_depth.set(len(recorder.pending))
+        for name, total in counts.items():
+            delta = total - self._published.get(name, 0)
+            if delta:
+                if name.startswith("rejected:"):
+                    metrics.rejected.labels(name.partition(":")[2]).inc(delta)
+                else:
+                    getattr(metrics, name).inc(delta)
+                self._published[name] = total
 
 
 class _LazyApplication:

@@ -34,9 +34,11 @@ class RequestError(Exception):
 
     status = "400 Bad Request"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.body = (message + "\n").encode()
+        #: a short label for metrics: "no site", "too many parameters", "query too long"
+        self.reason = reason
 
 
 class URITooLong(RequestError):
@@ -73,8 +75,8 @@ def _text(raw: str) -> str:
 def _unquote(part: str) -> str:
     if "+" in part:
         part = part.replace("+", " ")
-    if "%" in part:
-        return unquote_to_bytes(part).decode("utf-8", "replace")
+    if "%" in part:  # the WSGI string holds the raw bytes as latin-1
+        return unquote_to_bytes(part.encode("latin-1")).decode("utf-8", "replace")
     return _text(part)
 
 
@@ -94,13 +96,13 @@ def clean_name(name: str) -> str | None:
 def parse_query(query: str) -> dict[str, str | list[str]]:
     """GET parameters: a name given once maps to a string, given several times to a list."""
     if len(query) > MAX_QUERY_BYTES:
-        raise URITooLong(f"query string over {MAX_QUERY_BYTES} bytes")
+        raise URITooLong(f"query string over {MAX_QUERY_BYTES} bytes", "query too long")
     params: dict[str, str | list[str]] = {}
     if not query:
         return params
     fields = query.split("&")
     if len(fields) > MAX_PARAMS:
-        raise RequestError(f"more than {MAX_PARAMS} parameters")
+        raise RequestError(f"more than {MAX_PARAMS} parameters", "too many parameters")
     for field in fields:
         if not field:
             continue
@@ -172,7 +174,7 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
     if "site" not in hit or "url" not in hit:
         found = site_and_url(environ.get("HTTP_REFERER", ""))
         if found is None:
-            raise RequestError("missing site and url: pass both as parameters or send a Referer")
+            raise RequestError("missing site and url: pass both as parameters or send a Referer", "no site")
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
     if now_us is None:

@@ -100,6 +100,7 @@ class Recorder:
         self.max_pending = max_pending
         self.pending: deque[bytes] = deque()
         self.failing = False
+        self.spooled = 0  # hits written to the journal by this process
         self._next_check = 0.0
 
     def __call__(self, hit: Hit) -> bool:
@@ -111,6 +112,7 @@ class Recorder:
         if not self.pending:
             try:
                 self.journal.append(line)
+                self.spooled += 1
                 return True
             except JournalFull as exc:
                 if not self.failing:
@@ -130,6 +132,7 @@ class Recorder:
             except JournalFull:
                 return
             self.pending.popleft()
+            self.spooled += 1
         if self.failing:
             log.warning("the spool %s takes hits again", self.journal.folder)
             self.failing = False
@@ -147,8 +150,8 @@ class Recorder:
 @dataclass
 class Segment:
     path: Path
-    offset: int = 0  # bytes already stored
-    torn: bool = False
+    offset: int = 0       # bytes already stored
+    replay: bool = False  # left by an earlier run (or an earlier writer) when this writer started
 
 
 class Spool:
@@ -157,7 +160,7 @@ class Spool:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._segments: dict[str, Segment] = {}
+        self._segments = {path.name: Segment(path, replay=True) for path in self.folder.glob(f"*{SUFFIX}")}
 
     def backlog_bytes(self) -> int:
         """Bytes of spooled hits not yet stored."""
@@ -170,11 +173,11 @@ class Spool:
             total += size - self._segments.get(path.name, Segment(path)).offset
         return total
 
-    def read(self, max_lines: int) -> tuple[list[bytes], list[tuple[Segment, int]]]:
-        """Up to max_lines complete lines not stored yet, oldest segments first, and how far each
-        segment they came from will be stored once they are (pass that to `commit`)."""
+    def read(self, max_lines: int) -> tuple[list[bytes], list[tuple[Segment, int, int]]]:
+        """Up to max_lines complete lines not stored yet, oldest segments first, and marks to pass to
+        `commit` once they are stored: (segment, how far it will be stored, how many lines from it)."""
         lines: list[bytes] = []
-        marks: list[tuple[Segment, int]] = []
+        marks: list[tuple[Segment, int, int]] = []
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             segment = self._segments.setdefault(path.name, Segment(path))
             if len(lines) >= max_lines:
@@ -192,11 +195,11 @@ class Spool:
             chunk = data[:end].split(b"\n")[:-1]
             take = chunk[:max_lines - len(lines)]
             lines.extend(take)
-            marks.append((segment, segment.offset + sum(len(line) + 1 for line in take)))
+            marks.append((segment, segment.offset + sum(len(line) + 1 for line in take), len(take)))
         return lines, marks
 
-    def commit(self, marks: list[tuple[Segment, int]]) -> None:
-        for segment, offset in marks:
+    def commit(self, marks: list[tuple[Segment, int, int]]) -> None:
+        for segment, offset, _ in marks:
             segment.offset = offset
 
     def remove_finished(self) -> int:

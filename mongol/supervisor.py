@@ -16,13 +16,16 @@ import ctypes
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mongol import metrics
 from mongol.errors import MongolError
 
 log = logging.getLogger("mongol.serve")
@@ -99,7 +102,10 @@ def _writer_main(settings: Settings, ready: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reopen_log_files())
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval)
+    from mongol.metrics import Metrics
+
+    writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval,
+                    metrics=Metrics())
     left = writer.run(stop, settings.drain_timeout)
     store.close()
     log.info("stopped, %d hits stored in this run", writer.stored)
@@ -119,11 +125,11 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     from mongol.app import Health, PixelApp
     from mongol.httpserver import WSGIServer
     from mongol.journal import Journal, Recorder
+    from mongol.metrics import Metrics
 
     recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending)
-    app = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted)
-    if settings.access_log:
-        app = _access_logged(app)
+    pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics())
+    app = _access_logged(pixel) if settings.access_log else pixel
     shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
     listener.close()
     server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"))
@@ -132,9 +138,12 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGHUP, reopen_log_files)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    stop.wait()
+    while not stop.wait(1.0):
+        pixel.publish_metrics()
     server.stop(timeout=2)
-    return 1 if recorder.close() else 0
+    lost = recorder.close()
+    pixel.publish_metrics()
+    return 1 if lost else 0
 
 
 def _access_logged(app):  # noqa: ANN001 - WSGI in, WSGI out
@@ -159,7 +168,7 @@ def listen(host: str, port: int) -> socket.socket:
         raise MongolError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _start_writer(settings: Settings) -> int:
+def start_writer(settings: Settings) -> int:
     """Fork the writer and wait until it has opened the store; MongolError if it could not."""
     read_end, write_end = os.pipe()
     pid = _fork(_writer_main, settings, write_end)
@@ -169,13 +178,13 @@ def _start_writer(settings: Settings) -> int:
     os.close(read_end)
     kind, _, text = answer.partition(" ")
     if kind != "ok":
-        _wait(pid, 5.0)
+        reap(pid, 5.0)
         raise MongolError(text or "the writer process died while opening the store")
     log.info("storing hits in %s", text)
     return pid
 
 
-def _wait(pid: int, timeout: float) -> int | None:
+def reap(pid: int, timeout: float) -> int | None:
     """Reap `pid`, killing it after `timeout`; its exit code."""
     deadline = time.monotonic() + timeout
     while True:
@@ -190,9 +199,18 @@ def _wait(pid: int, timeout: float) -> int | None:
 
 def serve(settings: Settings) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    metrics_folder = Path(tempfile.mkdtemp(prefix="mongol-metrics-"))
+    metrics.prepare(metrics_folder)
+    try:
+        return _supervise(settings)
+    finally:
+        shutil.rmtree(metrics_folder, ignore_errors=True)
+
+
+def _supervise(settings: Settings) -> int:
     listener = listen(settings.host, settings.port)
     try:
-        writer = _start_writer(settings)
+        writer = start_writer(settings)
     except MongolError:
         listener.close()
         raise
@@ -216,9 +234,10 @@ def serve(settings: Settings) -> int:
                 if not pid:
                     break
                 code = os.waitstatus_to_exitcode(status)
+                metrics.process_dead(pid)
                 if pid == writer:
                     log.error("the writer process exited with %d; starting another", code)
-                    writer = _start_writer(settings)
+                    writer = start_writer(settings)
                 elif pid in workers:
                     log.error("worker %d exited with %d; starting another", pid, code)
                     workers.discard(pid)
@@ -228,8 +247,8 @@ def serve(settings: Settings) -> int:
     log.info("stopping: no new hits, then storing what is spooled")
     for pid in workers:
         os.kill(pid, signal.SIGTERM)
-    failed = [pid for pid in workers if _wait(pid, WORKER_STOP_TIMEOUT) != 0]
+    failed = [pid for pid in workers if reap(pid, WORKER_STOP_TIMEOUT) != 0]
     listener.close()
     os.kill(writer, signal.SIGTERM)
-    writer_code = _wait(writer, settings.drain_timeout + 30)
+    writer_code = reap(writer, settings.drain_timeout + 30)
     return 1 if failed or writer_code else 0

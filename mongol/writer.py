@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -24,8 +25,10 @@ STATUS_EVERY = 0.5
 
 
 class Writer:
-    def __init__(self, store: Store, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1) -> None:
+    def __init__(self, store: Store, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
+                 metrics: Any = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.spool = spool
         self.batch_size = batch_size
         self.interval = interval
@@ -49,6 +52,12 @@ class Writer:
         self.spool.commit(marks)
         self.stored += new
         self.duplicates += len(lines) - new
+        if self.metrics is not None:
+            self.metrics.stored.inc(new)
+            self.metrics.duplicates.inc(len(lines) - new)
+            replayed = sum(count for segment, _, count in marks if segment.replay)
+            if replayed:
+                self.metrics.replayed.inc(min(replayed, new))
         if self.failing:
             log.warning("storing hits again in %s", self.store.description)
             self.failing, self._since = None, time.time()
@@ -70,6 +79,8 @@ class Writer:
                       self.store.description, message)
             self._since = time.time()
         self.failing = message
+        if self.metrics is not None:
+            self.metrics.store_errors.inc()
         self.write_status(force=True)
 
     @staticmethod
@@ -122,8 +133,11 @@ class Writer:
             "pid": os.getpid(),
             "updated": time.time(),
         }
+        if self.metrics is not None:
+            self.metrics.spool_bytes.set(status["spooled_bytes"])
+            self.metrics.store_up.set(0 if self.failing else 1)
         path = self.spool.folder / STATUS
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(orjson.dumps(status))
         os.replace(tmp, path)
 

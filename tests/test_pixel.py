@@ -170,13 +170,15 @@ def test_clients_cannot_set_server_fields(served):
 
 def test_invalid_utf8_and_bad_escapes(served):
     server, store = served
-    status, _, _ = raw_request(server.port, b"GET /p.gif?site=a&url=/raw\xff\xfe&t=%ff%fe%zz%4&%c3%28=v HTTP/1.1\r\n"
+    status, _, _ = raw_request(server.port, b"GET /p.gif?site=a&url=/raw\xff\xfe&t=%ff%fe%zz%4&%c3%28=v"
+                                            b"&mix=\xc3\xa9%20\xff HTTP/1.1\r\n"
                                             b"Host: x\r\nUser-Agent: agent\xff\r\nConnection: close\r\n\r\n")
     assert status == 200
     [hit] = stored(store, 1)
     assert hit["url"] == "/raw\ufffd\ufffd"
     assert hit["t"] == "\ufffd\ufffd%zz%4"
     assert hit["\ufffd("] == "v"
+    assert hit["mix"] == "\u00e9 \ufffd"  # raw UTF-8 beside a percent-escape stays UTF-8
     assert hit["_ua"] == "agent\ufffd"
 
 
