@@ -20,6 +20,9 @@ setup(
         "tqdm>=4.66",
         "prometheus_client>=0.20",
         "nagiosplugin>=1.4",
+        "ua-parser[regex]>=1.0",  # browser, OS, device; [regex] brings its Rust matcher (ua-parser-rs)
+        "crawler-user-agents>=1.60",  # the community-kept list of crawler User-Agents
+        "maxminddb>=2.5",  # --geoip
     ],
     extras_require={
         "test": [
@@ -28,6 +31,8 @@ setup(
             "pillow>=10.0",
             "playwright>=1.40",
             "ruff>=0.6",
+            "mmdb-writer>=0.2.5",  # builds the test's MaxMind database
+            "netaddr>=1.0",
         ],
     },
     entry_points={

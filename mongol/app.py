@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks
+from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks, parse_query
+from mongol.measurement import MAX_BATCH_BYTES, MAX_HIT_BYTES, batch_lines, read_body
+from mongol.tracking import Tracker, is_prefetch
 
 #: A transparent 1x1 GIF89a in 43 bytes. (nginx's empty_gif is 43 bytes too, but marks colour 1 transparent
 #: while its pixel uses colour 0: decoders that follow the format show it black.)
@@ -70,14 +72,19 @@ class Health:
 
 class PixelApp:
     """GET or HEAD on any path: the pixel. A GET records a hit; HEAD only answers as GET would.
-    /healthz says how things stand; /metrics gives Prometheus metrics when `metrics` is set."""
+    With a `tracker` (mongol.tracking: visitor ids, address rules), a prefetch is answered but not
+    recorded, and `POST /collect` (one hit) and `POST /batch` (one hit per line) take hits from
+    servers, answering 204. /healthz says how things stand; /metrics gives Prometheus metrics when
+    `metrics` is set."""
 
     def __init__(self, record: Callable[[Hit], bool], health: Callable[[], Response] | None = None,
-                 trusted_proxies: tuple[Network, ...] = (), metrics: Any = None) -> None:
+                 trusted_proxies: tuple[Network, ...] = (), metrics: Any = None,
+                 tracker: Tracker | None = None) -> None:
         self.record = record
         self.health = health or (lambda: _text("200 OK", b"ok\n"))
         self.trusted = trusted_proxies
         self.metrics = metrics
+        self.tracker = tracker
         # Counted in plain ints on the request path, handed to the metrics by publish_metrics().
         self.accepted = 0
         self.rejected: dict[str, int] = {}
@@ -92,12 +99,18 @@ class PixelApp:
             self.publish_metrics()
             status, headers, body = "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                                *NO_CACHE], self.metrics.render()
+        elif method == "POST" and (path == "/collect" or path == "/batch") and self.tracker is not None:
+            status, headers, body = self._server_hits(environ, path)
         elif method != "GET" and method != "HEAD":
             self._reject("method")
-            status, headers, body = _text("405 Method Not Allowed", b"only GET and HEAD\n", [("Allow", "GET, HEAD")])
+            allow = "GET, HEAD, POST" if path in ("/collect", "/batch") and self.tracker is not None else "GET, HEAD"
+            status, headers, body = _text("405 Method Not Allowed", b"only GET and HEAD\n", [("Allow", allow)])
         else:
             try:
-                hit = hit_from_environ(environ, self.trusted)
+                if self.tracker is None:
+                    hit, cookie = hit_from_environ(environ, self.trusted), None
+                else:
+                    hit, cookie = self.tracker.make(environ)
             except RequestError as exc:
                 self._reject(exc.reason)
                 status, headers, body = _text(exc.status, exc.body)
@@ -105,9 +118,13 @@ class PixelApp:
                 if method == "HEAD":
                     start_response("200 OK", GIF_HEADERS)
                     return []
+                if hit is None or (self.tracker is not None and is_prefetch(environ)):
+                    self._reject("opted out" if hit is None else "prefetch")
+                    start_response("200 OK", GIF_HEADERS)
+                    return [GIF]
                 if self.record(hit):
                     self.accepted += 1
-                    start_response("200 OK", GIF_HEADERS)
+                    start_response("200 OK", GIF_HEADERS if cookie is None else [*GIF_HEADERS, ("Set-Cookie", cookie)])
                     return [GIF]
                 self._reject("busy")
                 status, headers, body = _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
@@ -115,11 +132,42 @@ class PixelApp:
         start_response(status, headers)
         return [body] if method != "HEAD" else []
 
+    def _server_hits(self, environ: dict, path: str) -> Response:
+        """POST /collect (a form-encoded hit) or /batch (one per line): all stored, or none (400, 413)."""
+        assert self.tracker is not None
+        try:
+            if path == "/collect":
+                texts = [read_body(environ, MAX_HIT_BYTES)]
+            else:
+                texts = batch_lines(read_body(environ, MAX_BATCH_BYTES))
+            hits = []
+            for n, text in enumerate(texts, 1):
+                try:
+                    hit, _ = self.tracker.make(environ, params=parse_query(text), server=True)
+                except RequestError as exc:
+                    if path == "/batch":
+                        raise type(exc)(f"hit {n} of the batch: {exc}", exc.reason) from None
+                    raise
+                if hit is not None:
+                    hits.append(hit)
+        except RequestError as exc:
+            self._reject(exc.reason)
+            return _text(exc.status, exc.body)
+        for hit in hits:
+            if not self.record(hit):
+                self._reject("busy")
+                return _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
+                             [("Retry-After", "1")])
+            self.accepted += 1
+        return "204 No Content", list(NO_CACHE), b""
+
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def publish_metrics(self) -> None:
         """Hand the counts gathered since the last call to the metrics (about once a second)."""
+        if self.tracker is not None:
+            self.tracker.housekeep()
         metrics = self.metrics
         if metrics is None:
             return
@@ -151,8 +199,12 @@ class _LazyApplication:
 
             spool = Path(os.environ.get("MONGOL_SPOOL") or default_spool(resolve_db_uri(None)))
             recorder = Recorder(Journal(spool))
+            from mongol.tracking import Salts, Tracking
+
             proxies = [p for p in os.environ.get("MONGOL_TRUSTED_PROXIES", "").split(",") if p.strip()]
-            self._app = PixelApp(recorder, Health(spool, recorder), parse_networks(proxies))
+            trusted = parse_networks(proxies)
+            tracker = Tracker(Tracking(), Salts(spool), trusted)
+            self._app = PixelApp(recorder, Health(spool, recorder), trusted, tracker=tracker)
         return self._app(environ, start_response)
 
 

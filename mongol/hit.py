@@ -123,8 +123,13 @@ def parse_query(query: str) -> dict[str, str | list[str]]:
 
 def site_and_url(referer: str) -> tuple[str, str] | None:
     """`site` (host without a leading `www.`) and `url` (path and query) of a Referer, if it is a URL."""
+    return url_site_and_path(_text(referer))
+
+
+def url_site_and_path(url: str) -> tuple[str, str] | None:
+    """As site_and_url, for a URL that is text already (a parameter's value)."""
     try:
-        parts = urlsplit(_text(referer))
+        parts = urlsplit(url)
         host = parts.hostname
     except ValueError:
         return None
@@ -163,11 +168,13 @@ def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: int | None = None) -> Hit:
+def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: int | None = None,
+                     params: dict | None = None) -> Hit:
     """The hit a WSGI request records, as a journal record (`time` in integer microseconds since the
     epoch, UTC); raises RequestError when there is none to record. `now_us` is when the request
-    arrived, if not now (mongol-ingest passes the time nginx logged)."""
-    hit: Hit = parse_query(environ.get("QUERY_STRING", ""))
+    arrived, if not now (mongol-ingest passes the time nginx logged); `params`, the request's
+    parameters parsed already (from a body, or read as Measurement Protocol names)."""
+    hit: Hit = parse_query(environ.get("QUERY_STRING", "")) if params is None else params
     for name in ("site", "url"):
         if type(hit.get(name)) is list:
             hit[name] = hit[name][0]
@@ -187,12 +194,12 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
     return hit
 
 
-def parse_networks(specs: list[str]) -> tuple[Network, ...]:
+def parse_networks(specs: list[str], option: str = "--trusted-proxy") -> tuple[Network, ...]:
     """`--trusted-proxy` values (addresses or CIDR blocks) as networks; ValueError names a bad one."""
     nets = []
     for spec in specs:
         try:
             nets.append(ipaddress.ip_network(spec.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"bad --trusted-proxy {spec!r}: expected an IP address or a CIDR block") from None
+            raise ValueError(f"bad {option} {spec!r}: expected an IP address or a CIDR block") from None
     return tuple(nets)

@@ -26,6 +26,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -112,6 +113,7 @@ class Ingest:
 
     record: Callable[[Hit], bool]
     trusted: tuple[Network, ...] = ()
+    tracker: Any = None  # mongol.tracking.Tracker: visitor ids and address rules, as mongol-serve's
     received: int = 0   # datagrams
     spooled: int = 0    # hits appended to the spool
     ignored: int = 0    # lines that are no hit for mongol-serve either: HEAD, other methods, errors
@@ -131,7 +133,13 @@ class Ingest:
             if not is_pixel_hit(entry):
                 self.ignored += 1
                 return
-            hit = hit_from_environ(environ_from_entry(entry), self.trusted, time_us(entry))
+            if self.tracker is None:
+                hit = hit_from_environ(environ_from_entry(entry), self.trusted, time_us(entry))
+            else:
+                hit = self.tracker.make(environ_from_entry(entry), time_us(entry))[0]
+                if hit is None:  # opted out, with --dnt skip
+                    self.ignored += 1
+                    return
         except RequestError as exc:
             self.rejected += 1
             self._complaints["rejected"](f"{exc.status}, {exc}: {entry['uri'][:200]!r} from {entry['addr']}")

@@ -137,9 +137,14 @@ class Recorder:
             log.warning("the spool %s takes hits again", self.journal.folder)
             self.failing = False
 
-    def close(self) -> int:
-        """Flush what can be flushed; returns how many held hits are lost (the disk never came back)."""
+    def close(self, timeout: float = 0.0) -> int:
+        """Hand held hits to the spool, trying for up to `timeout` seconds; returns how many are lost
+        (the disk never took them back)."""
+        deadline = time.monotonic() + timeout
         self.retry()
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.2)  # waiting for the disk to take hits again (the writer frees the spool)
+            self.retry()
         self.journal.close()
         if self.pending:
             log.error("%d hits held in memory are lost: the spool %s still refuses them",

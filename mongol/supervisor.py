@@ -22,11 +22,12 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mongol import metrics
 from mongol.errors import MongolError
+from mongol.tracking import Salts, Tracker, Tracking
 
 log = logging.getLogger("mongol.serve")
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
@@ -50,6 +51,7 @@ class Settings:
     access_log: bool = False
     fsync: bool = False
     drain_timeout: float = 30.0
+    tracking: Tracking = field(default_factory=Tracking)  # visitor ids, addresses, bots, enrichment (mongol.tracking)
 
 
 def reopen_log_files() -> None:
@@ -85,11 +87,13 @@ def _fork(target, *args: object) -> int:  # noqa: ANN001 - any child entry point
 
 def _writer_main(settings: Settings, ready: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us in order
+    from mongol.enrich import make_enricher
     from mongol.journal import Spool
     from mongol.stores import open_store
     from mongol.writer import Writer
 
     try:
+        enrich = make_enricher(settings.tracking)
         store = open_store(settings.db_uri)
         spool = Spool(settings.spool)
     except (MongolError, OSError) as exc:
@@ -105,7 +109,7 @@ def _writer_main(settings: Settings, ready: int) -> int:
     from mongol.metrics import Metrics
 
     writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval,
-                    metrics=Metrics())
+                    metrics=Metrics(), enrich=enrich)
     left = writer.run(stop, settings.drain_timeout)
     store.close()
     log.info("stopped, %d hits stored in this run", writer.stored)
@@ -128,7 +132,8 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     from mongol.metrics import Metrics
 
     recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending)
-    pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics())
+    tracker = Tracker(settings.tracking, Salts(settings.spool), settings.trusted)
+    pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics(), tracker)
     app = _access_logged(pixel) if settings.access_log else pixel
     shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
     listener.close()
@@ -139,9 +144,10 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     gevent.signal_handler(signal.SIGHUP, reopen_log_files)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     while not stop.wait(1.0):
+        recorder.retry()  # rotate the segment, and hand held hits to the spool once its disk takes them
         pixel.publish_metrics()
     server.stop(timeout=2)
-    lost = recorder.close()
+    lost = recorder.close(timeout=settings.drain_timeout / 2)
     pixel.publish_metrics()
     return 1 if lost else 0
 

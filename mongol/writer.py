@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ STATUS_EVERY = 0.5
 
 class Writer:
     def __init__(self, store: Store, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, enrich: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
         self.store = store
+        self.enrich = enrich  # mongol.enrich: bots, browser, places; it may drop lines (bots)
         self.metrics = metrics
         self.spool = spool
         self.batch_size = batch_size
@@ -45,7 +47,9 @@ class Writer:
             self.spool.remove_finished()
             return False
         try:
-            new = self._insert(lines)
+            if self.enrich is not None:
+                lines = self.enrich(lines)
+            new = self._insert(lines) if lines else 0
         except Exception as exc:  # any store failure: the hits stay in the spool, retried later
             self._failed(exc)
             raise
@@ -138,8 +142,11 @@ class Writer:
             self.metrics.store_up.set(0 if self.failing else 1)
         path = self.spool.folder / STATUS
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(status))
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(orjson.dumps(status))
+            os.replace(tmp, path)
+        except OSError:  # a full disk: /healthz goes stale ("not reporting") until there is room again
+            tmp.unlink(missing_ok=True)
 
 
 def read_status(folder: Path) -> dict:

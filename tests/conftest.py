@@ -41,34 +41,58 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         time.sleep(0.01)
 
 
+class WireServer:
+    """The in-memory MongoDB wire-protocol server of tests/wire, as a subprocess that a test may stop
+    and start again on the same port (its data does not survive a stop)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def start(self) -> "WireServer":
+        if not (WIRE / "node_modules").is_dir():
+            pytest.fail("the MongoDB test server is not installed: run `npm ci --prefix tests/wire` (README)")
+        proc = subprocess.Popen(["node", str(WIRE / "server.js"), str(self.port)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        port: list[int] = []
+
+        def read() -> None:
+            for line in proc.stdout:
+                self.lines.append(line)
+                m = re.match(r"listening on (\d+)", line)
+                if m:
+                    port.append(int(m.group(1)))
+
+        threading.Thread(target=read, daemon=True).start()
+        wait_until(lambda: port or proc.poll() is not None, START_TIMEOUT, "the MongoDB test server")
+        if not port:
+            proc.wait()
+            pytest.fail("the MongoDB test server did not start:\n" + "".join(self.lines))
+        self.proc, self.port = proc, port[0]
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()  # the server stops when its stdin closes
+            self.proc.wait(10)
+            self.proc.stdout.close()
+            self.proc = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}"
+
+
 @pytest.fixture(scope="session")
 def mongodb_base() -> Iterator[str]:
     """A MongoDB server URI without a database: a real mongod if configured, else tests/wire."""
     if os.environ.get("MONGOL_TEST_MONGODB_URI"):
         yield os.environ["MONGOL_TEST_MONGODB_URI"].rstrip("/")
         return
-    if not (WIRE / "node_modules").is_dir():
-        pytest.fail("the MongoDB test server is not installed: run `npm ci --prefix tests/wire` (README)")
-    proc = subprocess.Popen(["node", str(WIRE / "server.js"), "0"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    port: list[int] = []
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.match(r"listening on (\d+)", line)
-            if m:
-                port.append(int(m.group(1)))
-
-    threading.Thread(target=read, daemon=True).start()
-    wait_until(lambda: port or proc.poll() is not None, START_TIMEOUT, "the MongoDB test server")
-    if not port:
-        pytest.fail("the MongoDB test server did not start:\n" + "".join(lines))
-    yield f"mongodb://127.0.0.1:{port[0]}"
-    proc.stdin.close()  # the server stops when its stdin closes
-    proc.wait(10)
-    proc.stdout.close()
+    server = WireServer().start()
+    yield server.uri
+    server.stop()
 
 
 @pytest.fixture
@@ -112,7 +136,7 @@ class Server:
         return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def signal(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(signum)
@@ -126,14 +150,17 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start `mongol-serve 127.0.0.1:0 ARGS...`; returns once it answers /healthz."""
     servers: list[Server] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+    def start(*args: str, env: dict[str, str] | None = None, log_file: Path | None = None) -> Server:
+        """`log_file`: the server logs there (--log-file); else its stderr goes to a file in tmp_path."""
         log_path = tmp_path / f"serve-{len(servers)}.log"
+        if log_file is not None:
+            args = (*args, "--log-file", str(log_file))
         with open(log_path, "wb") as log:
             # the default store and spools live in the test's folder, never in the home directory
             env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **(env or {})}
             proc = subprocess.Popen([str(BIN / "mongol-serve"), "127.0.0.1:0", *args], stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL, env=env)
-        server = Server(proc, log_path)
+        server = Server(proc, log_file or log_path)
         servers.append(server)
 
         def listening() -> object:
@@ -185,3 +212,71 @@ def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
     except OSError:
         return 0, {}, b""
+
+
+class HitStream:
+    """A steady stream of hits from a thread, each with its own number `n`; remembers which were
+    answered with the pixel. Pacing between requests only sets the rate; nothing waits on it."""
+
+    def __init__(self, port: int, rate: float = 200.0, site: str = "stream.org") -> None:
+        self.port, self.rate, self.site = port, rate, site
+        self.answered: list[int] = []
+        self.errors = 0
+        self.statuses: dict[int, int] = {}
+        self._next = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def sent(self) -> int:
+        return self._next
+
+    def start(self) -> "HitStream":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        import http.client
+
+        conn = None
+        interval = 1.0 / self.rate
+        due = time.monotonic()
+        while not self._stop.is_set():
+            n = self._next
+            self._next += 1
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", f"/p.gif?site={self.site}&url=/page/{n % 50}&n={n}")
+                response = conn.getresponse()
+                response.read()
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+                if response.status == 200:
+                    self.answered.append(n)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            due += interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                due = time.monotonic()
+        if conn is not None:
+            conn.close()
+
+
+def stored_numbers(store: Store) -> dict[int, int]:
+    """How many times each stream number `n` is stored."""
+    counts: dict[int, int] = {}
+    for hit in store.hits():
+        if "n" in hit:
+            n = int(hit["n"])
+            counts[n] = counts.get(n, 0) + 1
+    return counts

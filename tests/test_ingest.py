@@ -314,13 +314,14 @@ def test_requests_to_nginx_become_the_hits_mongol_serve_stores(store_uri, store,
         mine, theirs = dict(ingested[n]), dict(served[n])
         assert len(mine.pop("_id")) == len(theirs.pop("_id")) == 24
         assert abs(mine.pop("time") - theirs.pop("time")) < timedelta(seconds=5)
+        assert len(mine.pop("_visitor")) == len(theirs.pop("_visitor")) == 16  # salts of two spool folders
         assert mine == theirs, n
     assert ingested["1"]["site"] == "www.example.com" and ingested["1"]["url"] == "/blog/post?id=3&x=y"
-    assert ingested["1"]["_ua"] == "Mozilla/5.0 (X11) Test/1.0" and ingested["1"]["_ip"] == "127.0.0.1"
+    assert ingested["1"]["_ua"] == "Mozilla/5.0 (X11) Test/1.0" and ingested["1"]["_ip"] == "127.0.0.0"
     assert ingested["4"]["\uff04where"] == "1" and ingested["4"]["a\uff0eb\uff0ec"] == "2"
     assert ingested["5"]["pageviews"] == 1 and "_anything" not in ingested["5"]
     assert ingested["7"]["url"] == "/raw\ufffd\ufffd" and ingested["7"]["_ua"] == "agent\ufffd"
-    assert ingested["9"]["_ip"] == "127.0.0.1"
+    assert ingested["9"]["_ip"] == "127.0.0.0"
     log = ingester.log()
     assert "dropped a line that mongol-serve would have refused: 400 Bad Request, missing site and url" in log
     assert log.count("dropped a line") == 1  # at most once a minute

@@ -77,11 +77,12 @@ def test_browser_request_takes_site_and_url_from_the_referer(served):
     assert hit["url"] == "/blog/post?id=3&x=y"
     assert hit["title"] == "Home"
     assert hit["pageviews"] == 1
-    assert hit["_ip"] == "127.0.0.1"
+    assert hit["_ip"] == "127.0.0.0"  # anonymised by default (tests/test_visitors.py)
     assert hit["_ua"] == "Mozilla/5.0 (X11; Linux x86_64) Test/1.0"
     assert hit["time"].tzinfo is not None and hit["time"].utcoffset() == timedelta(0)
     assert before - timedelta(milliseconds=1) <= hit["time"] <= after
-    assert set(hit) == {"_id", "site", "url", "title", "pageviews", "_ip", "_ua", "time"}
+    assert set(hit) == {"_id", "site", "url", "title", "pageviews", "_ip", "_ua", "time",
+                        "_visitor", "_browser", "_os", "_device"}  # tests/test_visitors.py, test_enrich.py
 
 
 def test_parameters_win_over_the_referer(served):
@@ -164,7 +165,7 @@ def test_clients_cannot_set_server_fields(served):
     assert hit["time"] >= before - timedelta(milliseconds=1)
     assert hit["pageviews"] == 1
     assert hit["_id"] != "a" * 24
-    assert hit["_ip"] == "127.0.0.1" and hit["_ua"] == "real-agent"
+    assert hit["_ip"] == "127.0.0.0" and hit["_ua"] == "real-agent"
     assert "_anything" not in hit
 
 
@@ -243,7 +244,7 @@ def test_server_survives_garbage(served):
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(served):
     server, store = served
     http_get(server.url + "/p.gif?site=a&url=/", {"X-Forwarded-For": "203.0.113.9"})
-    assert stored(store, 1)[0]["_ip"] == "127.0.0.1"
+    assert stored(store, 1)[0]["_ip"] == "127.0.0.0"
 
 
 def test_x_forwarded_for_from_a_trusted_proxy(start_server, store_uri, store):
@@ -253,7 +254,7 @@ def test_x_forwarded_for_from_a_trusted_proxy(start_server, store_uri, store):
     http_get(server.url + "/p.gif?site=a&url=/2", {"X-Forwarded-For": "198.51.100.7, 203.0.113.9, 10.0.0.1"})
     http_get(server.url + "/p.gif?site=a&url=/3", {"X-Forwarded-For": "garbage"})
     http_get(server.url + "/p.gif?site=a&url=/4")
-    assert [h["_ip"] for h in stored(store, 4)] == ["203.0.113.9", "203.0.113.9", "127.0.0.1", "127.0.0.1"]
+    assert [h["_ip"] for h in stored(store, 4)] == ["203.0.113.0", "203.0.113.0", "127.0.0.0", "127.0.0.0"]
 
 
 # Stopping --------------------------------------------------------------------------------------

@@ -47,12 +47,13 @@ def test_example_config_shows_every_option_and_parses():
         assert f"# {option.name}" in example or f"{option.name}:" in example, f"{option.name} has no comment"
     specs = load(ROOT / "reports.cfg.example", mongodb=True)
     assert [s.name for s in specs] == ["site", "example-top", "languages", "pageviews-per-hour", "pageviews-per-day",
-                                         "browsers"]
+                                         "top-pages-humans", "visitors-per-day", "browsers", "countries", "referrers",
+                                         "operating-systems"]
     site = specs[0]
     assert (site.window, site.callback, site.limit, site.descending, site.is_default) == (
         timedelta(days=2), "results", 10, True, True)
     assert site.mapper == DEFAULT_MAPPER and site.purge_site == "site"
-    with pytest.raises(ConfigError, match=r"\[browsers\] pipeline: needs a MongoDB store"):
+    with pytest.raises(ConfigError, match=r"\[operating-systems\] pipeline: needs a MongoDB store"):
         load(ROOT / "reports.cfg.example", mongodb=False)
 
 

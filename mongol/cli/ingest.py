@@ -145,7 +145,9 @@ def ingest(host: str, port: int, uri: str, spool: Path, trusted: tuple[Network, 
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return not flags["stop"]
 
-    lines = Ingest(recorder, trusted)
+    from mongol.tracking import Salts, Tracker
+
+    lines = Ingest(recorder, trusted, Tracker(settings.tracking, Salts(spool), trusted))
     bound_host, bound_port = sock.getsockname()[:2]
     log.info("listening on udp://%s:%d for nginx's syslog (receive buffer %d KiB); spooling to %s%s",
              f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port, receive_buffer(sock) // 1024,

@@ -11,6 +11,7 @@ from mongol.errors import MongolError
 from mongol.hit import parse_networks
 from mongol.location import ENV_VAR, default_db_path, default_spool, resolve_db_uri
 from mongol.supervisor import Settings, serve
+from mongol.tracking import Tracking
 
 DEFAULT_ADDRESS = "0.0.0.0:8000"
 
@@ -62,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="at stop, how long to keep storing spooled hits (default 30); what is left "
                              "stays in the spool for the next start")
+    parser.add_argument("--cookie", action="store_true",
+                        help="count visitors with a random id in a first-party cookie of the pixel's host (needs "
+                             "HTTPS) instead of the default daily hash of site, address and User-Agent")
+    parser.add_argument("--full-ip", action="store_true",
+                        help="store the whole client address (default: last IPv4 octet, last 80 IPv6 bits zeroed)")
+    parser.add_argument("--dnt", choices=["anonymous", "skip"], default="anonymous",
+                        help="hits from browsers sending DNT: 1 or Sec-GPC: 1: stored without a visitor id and "
+                             "with the address anonymised (anonymous, the default), or not stored (skip)")
+    parser.add_argument("--trusted-sender", metavar="CIDR", action="append", default=[],
+                        help="a server (address or CIDR block) whose Measurement Protocol ua and uip parameters "
+                             "name the visitor; repeatable (from anyone else they are ignored)")
+    parser.add_argument("--drop-bots", action="store_true",
+                        help="do not store hits from bots (default: store them with _bot: true)")
+    parser.add_argument("--no-ua-parse", action="store_true",
+                        help="do not read User-Agents: no _bot, _browser, _os, _device (saves the writer's work)")
+    parser.add_argument("--geoip", metavar="PATH", type=Path,
+                        help="a MaxMind-format database (GeoLite2/GeoIP2 Country or City): adds _country and _city")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-file", metavar="PATH",
                         help="log to this file instead of stderr (reopened on SIGHUP, for logrotate)")
@@ -71,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tracking_options(args: argparse.Namespace) -> Tracking:
+    """The privacy, bot and enrichment options; MongolError (or ValueError) names a bad one."""
+    if args.drop_bots and args.no_ua_parse:
+        raise MongolError("--drop-bots needs the User-Agent read: it cannot go with --no-ua-parse")
+    senders = parse_networks(args.trusted_sender, "--trusted-sender")
+    if args.geoip is not None:
+        from mongol.enrich import open_geoip
+
+        open_geoip(args.geoip).close()
+    return Tracking(cookie=args.cookie, full_ip=args.full_ip, dnt=args.dnt, senders=senders,
+                    drop_bots=args.drop_bots, parse_agents=not args.no_ua_parse,
+                    geoip=args.geoip.absolute() if args.geoip is not None else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -78,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         trusted = parse_networks(args.trusted_proxy)
         if args.workers < 0 or args.batch_size < 1 or args.flush_interval <= 0 or args.max_held < 0:
             raise MongolError("--workers, --batch-size, --flush-interval and --max-held must be positive")
+        tracking = tracking_options(args)
     except (MongolError, ValueError) as exc:
         print(f"mongol-serve: error: {exc}", file=sys.stderr)
         return 2
@@ -88,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(host=host, port=port, db_uri=uri, spool=args.spool or default_spool(uri),
                         workers=args.workers, trusted=trusted, batch_size=args.batch_size,
                         flush_interval=args.flush_interval, max_pending=args.max_held, access_log=args.access_log,
-                        fsync=args.fsync, drain_timeout=args.drain_timeout)
+                        fsync=args.fsync, drain_timeout=args.drain_timeout, tracking=tracking)
     try:
         return serve(settings)
     except MongolError as exc:

@@ -1,7 +1,8 @@
 """The storage interface every store implements, and the one place that picks a store from a URI.
 
 A hit is a plain dict: the request's parameters plus the fields the server sets
-(`_id`, a 24-hex-digit id; `time`, an aware UTC datetime; `pageviews`; `_ip`; `_ua`).
+(`_id`, a 24-hex-digit id; `time`, an aware UTC datetime; `pageviews`; `_ip`; `_ua`; and those of
+mongol.tracking and mongol.enrich: `_visitor`, `_bot`, `_browser`, `_os`, `_device`, `_country`, `_city`).
 """
 
 from collections.abc import Iterator

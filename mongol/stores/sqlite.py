@@ -25,7 +25,7 @@ from mongol.stores import Hit
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 10_000
 DELETE_CHUNK = 20_000
 
 HOUR_US = 3600 * 1_000_000
