@@ -39,22 +39,18 @@ def _text(status: str, body: bytes, extra: list[tuple[str, str]] | None = None) 
 
 
 class Health:
-    """What /healthz says: from the writer's status file (read at most twice a second) and the
-    state of this process's spool."""
+    """What /healthz says: from the writer's status file (read at every call, so that every worker
+    says the same) and the state of this process's spool."""
 
     def __init__(self, spool: Path, recorder: Any = None) -> None:
         self.spool = Path(spool)
         self.recorder = recorder
-        self._read_at = 0.0
-        self._status: dict = {}
 
     def __call__(self) -> Response:
         from mongol.writer import read_status
 
         now = time.time()
-        if now - self._read_at > 0.5:
-            self._status, self._read_at = read_status(self.spool), now
-        status = self._status
+        status = read_status(self.spool)
         problems = []
         recorder = self.recorder
         if recorder is not None and recorder.failing:

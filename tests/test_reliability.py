@@ -391,9 +391,10 @@ def test_metrics(start_server, tmp_path):
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         return float(match.group(1)) if match else None
 
-    def settled():
+    def settled():  # workers hand their counts over about once a second
         text = http_get(server.url + "/metrics")[2].decode()
-        return text if value(text, "mongol_hits_stored_total") == 30 else None
+        done = value(text, "mongol_hits_stored_total") == 30 and value(text, "mongol_hits_accepted_total") == 30
+        return text if done and value(text, 'mongol_hits_rejected_total{reason="method"}') else None
 
     text = wait_until(settled, 10, "the writer's metrics")
     assert value(text, "mongol_hits_accepted_total") == 30
