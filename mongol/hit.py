@@ -143,16 +143,16 @@ def url_site_and_path(url: str) -> tuple[str, str] | None:
 def client_ip(environ: dict, trusted: tuple[Network, ...]) -> str:
     """REMOTE_ADDR, or the nearest X-Forwarded-For entry not in `trusted` when the peer is a trusted proxy."""
     peer = environ.get("REMOTE_ADDR", "")
-    if not trusted or not _is_trusted(peer, trusted):
+    if not trusted or not in_networks(peer, trusted):
         return peer
     chain = [p.strip() for p in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if p.strip()]
     for hop in reversed(chain):
-        if not _is_trusted(hop, trusted):
-            return hop if _is_ip(hop) else peer
-    return chain[0] if chain and _is_ip(chain[0]) else peer
+        if not in_networks(hop, trusted):
+            return hop if is_ip(hop) else peer
+    return chain[0] if chain and is_ip(chain[0]) else peer
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -160,7 +160,8 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def in_networks(address: str, trusted: tuple[Network, ...]) -> bool:
+    """True when `address` is an IP address inside one of the networks."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

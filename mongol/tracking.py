@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mongol import measurement
-from mongol.hit import Hit, Network, hit_from_environ, parse_query
+from mongol.hit import Hit, Network, hit_from_environ, in_networks, is_ip, parse_query
 
 DAY_US = 86_400 * 1_000_000
 SALT_BYTES = 32
@@ -158,20 +158,6 @@ class Salts:
                     path.unlink(missing_ok=True)
 
 
-def _is_in(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _cookie(header: str) -> str | None:
@@ -227,11 +213,11 @@ class Tracker:
         if opted_out and options.dnt == "skip":
             return None, None
         if identity and ("ua" in identity or "uip" in identity) and options.senders \
-                and _is_in(hit["_ip"], options.senders):
+                and in_networks(hit["_ip"], options.senders):
             if "ua" in identity:
                 hit["_ua"] = identity["ua"]
             uip = identity.get("uip", "").strip()
-            if uip and _is_ip(uip):
+            if uip and is_ip(uip):
                 hit["_ip"] = uip
         set_cookie = None
         if not opted_out:

@@ -272,6 +272,17 @@ class HitStream:
             conn.close()
 
 
+def stored(store: Store, n: int, timeout: float = 10) -> list[dict]:
+    """The hits of the store once it holds `n` of them, oldest first."""
+    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
+    return list(store.hits())
+
+
+def by_url(store: Store, n: int) -> dict[str, dict]:
+    """The hits of the store once it holds `n` of them, by url."""
+    return {h["url"]: h for h in stored(store, n)}
+
+
 def stored_numbers(store: Store) -> dict[int, int]:
     """How many times each stream number `n` is stored."""
     counts: dict[int, int] = {}

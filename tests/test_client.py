@@ -11,18 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from mongol.client import Client
-from tests.conftest import BIN, START_TIMEOUT, http_get, wait_until
+from tests.conftest import BIN, START_TIMEOUT, by_url, http_get, stored, wait_until
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0"
 
 
-def stored(store, n, timeout=10):
-    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
-    return list(store.hits())
-
-
-def by_url(store, n):
-    return {h["url"]: h for h in stored(store, n)}
 
 
 @pytest.fixture

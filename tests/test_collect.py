@@ -7,19 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mongol.app import GIF
-from tests.conftest import http_get, raw_request, wait_until
+from tests.conftest import by_url, http_get, raw_request, stored
 
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
           "Version/17.5 Mobile/15E148 Safari/604.1")
 
 
-def stored(store, n, timeout=10):
-    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
-    return list(store.hits())
-
-
-def by_url(store, n):
-    return {h["url"]: h for h in stored(store, n)}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from netaddr import IPSet
 
 from mongol.enrich import Enricher, scrub
 from mongol.tracking import Tracking
-from tests.conftest import BIN, http_get, wait_until
+from tests.conftest import BIN, by_url, http_get, stored
 from tests.test_report import read_jsonp, report
 
 ROOT = Path(__file__).parent.parent
@@ -38,13 +38,6 @@ AGENTS = {
 }
 
 
-def stored(store, n, timeout=10):
-    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
-    return list(store.hits())
-
-
-def by_url(store, n):
-    return {h["url"]: h for h in stored(store, n)}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mongol.app import GIF
-from tests.conftest import http_get, raw_request, wait_until
+from tests.conftest import http_get, raw_request, stored
 
 
 @pytest.fixture
@@ -15,11 +15,6 @@ def served(start_server, store_uri, store):
     """mongol-serve on a fresh store, with the store opened for reading back."""
     return start_server("--db", store_uri, "--flush-interval", "0.05"), store
 
-
-def stored(store, n, timeout=10):
-    """The hits of the store once it holds `n` of them, oldest first."""
-    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
-    return list(store.hits())
 
 
 def test_gif_is_a_transparent_1x1_gif89a(served):

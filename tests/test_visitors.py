@@ -11,20 +11,13 @@ import pytest
 
 from mongol.app import GIF
 from mongol.tracking import COOKIE_NAME, DAY_US, SALT_PREFIX, Salts, Tracker, Tracking, anonymise_ip
-from tests.conftest import http_get, wait_until
+from tests.conftest import by_url, http_get, stored, wait_until
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 "
           "Safari/537.36")
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0"
 
 
-def stored(store, n, timeout=10):
-    wait_until(lambda: store.count() >= n, timeout, f"{n} hits in the store")
-    return list(store.hits())
-
-
-def by_url(store, n):
-    return {h["url"]: h for h in stored(store, n)}
 
 
 @pytest.fixture
