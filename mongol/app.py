@@ -192,11 +192,10 @@ class _LazyApplication:
         if self._app is None:
             from mongol.journal import Journal, Recorder
             from mongol.location import default_spool, resolve_db_uri
+            from mongol.tracking import Salts, Tracking
 
             spool = Path(os.environ.get("MONGOL_SPOOL") or default_spool(resolve_db_uri(None)))
             recorder = Recorder(Journal(spool))
-            from mongol.tracking import Salts, Tracking
-
             proxies = [p for p in os.environ.get("MONGOL_TRUSTED_PROXIES", "").split(",") if p.strip()]
             trusted = parse_networks(proxies)
             tracker = Tracker(Tracking(), Salts(spool), trusted)
