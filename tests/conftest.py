@@ -145,6 +145,33 @@ class Server:
         return code
 
 
+def launch(program: str, args: list[str], tmp_path: Path, log_path: Path, listening: str,
+           env: dict[str, str] | None = None, log_file: Path | None = None) -> Server:
+    """Start BIN/program with its output in `log_path` and wait for the log line `listening` (a regex
+    whose group 1 is the port). `log_file`: where the program logs instead (its --log-file).
+    The default store and spools live in the test's folder, never in the home directory."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BIN / program), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                env=env)
+    server = Server(proc, log_file or log_path)
+
+    def started() -> object:
+        if proc.poll() is not None:
+            pytest.fail(f"{program} exited with {proc.returncode}:\n{server.log()}\n{log_path.read_text()}")
+        return re.search(listening, server.log())
+
+    server.port = int(wait_until(started, START_TIMEOUT, f"{program} to listen").group(1))
+    return server
+
+
+def stop_all(servers: list[Server]) -> None:
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start `mongol-serve 127.0.0.1:0 ARGS...`; returns once it answers /healthz."""
@@ -152,32 +179,17 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     def start(*args: str, env: dict[str, str] | None = None, log_file: Path | None = None) -> Server:
         """`log_file`: the server logs there (--log-file); else its stderr goes to a file in tmp_path."""
-        log_path = tmp_path / f"serve-{len(servers)}.log"
         if log_file is not None:
             args = (*args, "--log-file", str(log_file))
-        with open(log_path, "wb") as log:
-            # the default store and spools live in the test's folder, never in the home directory
-            env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), **(env or {})}
-            proc = subprocess.Popen([str(BIN / "mongol-serve"), "127.0.0.1:0", *args], stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL, env=env)
-        server = Server(proc, log_file or log_path)
+        server = launch("mongol-serve", ["127.0.0.1:0", *args], tmp_path, tmp_path / f"serve-{len(servers)}.log",
+                        r"listening on http://127\.0\.0\.1:(\d+)/", env, log_file)
         servers.append(server)
-
-        def listening() -> object:
-            if proc.poll() is not None:
-                pytest.fail(f"mongol-serve exited with {proc.returncode}:\n{server.log()}")
-            return re.search(r"listening on http://127\.0\.0\.1:(\d+)/", server.log())
-
-        server.port = int(wait_until(listening, START_TIMEOUT, "mongol-serve to listen").group(1))
         # "ok" once the writer has reported: it has opened the store and looked at the spool once
         wait_until(lambda: http_get(server.url + "/healthz")[2].startswith(b"ok"), START_TIMEOUT, "/healthz ok")
         return server
 
     yield start
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+    stop_all(servers)
 
 
 def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:

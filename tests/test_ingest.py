@@ -3,13 +3,10 @@ would have stored, on both stores; plus the datagram parsing on its own."""
 
 import io
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,7 +20,7 @@ from mongol.hit import RequestError
 from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, parse_datagram, time_us
 from mongol.location import default_spool
 from mongol.stores import open_store
-from tests.conftest import BIN, START_TIMEOUT, raw_request, wait_until
+from tests.conftest import BIN, START_TIMEOUT, Server, launch, raw_request, stop_all, wait_until
 
 ROOT = Path(__file__).parent.parent
 SNIPPET = (ROOT / "scripts" / "nginx-mongol.conf").read_text()
@@ -173,46 +170,19 @@ def test_own_spool_unless_mongol_serve_drains_it(tmp_path):
 # The real programs ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Ingester:
-    proc: subprocess.Popen
-    log_path: Path
-    port: int = 0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @pytest.fixture
 def start_ingest(tmp_path):
     """Start `mongol-ingest 127.0.0.1:0 ARGS...`; returns once it listens (its writer has opened the store)."""
-    started: list[Ingester] = []
+    started: list[Server] = []
 
-    def start(*args: str) -> Ingester:
-        log_path = tmp_path / f"ingest-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(BIN / "mongol-ingest"), "127.0.0.1:0", *args], stdout=log, stderr=log,
-                                    stdin=subprocess.DEVNULL, env={**os.environ, "XDG_DATA_HOME": str(tmp_path)})
-        ingester = Ingester(proc, log_path)
+    def start(*args: str) -> Server:
+        ingester = launch("mongol-ingest", ["127.0.0.1:0", *args], tmp_path, tmp_path / f"ingest-{len(started)}.log",
+                          r"listening on udp://127\.0\.0\.1:(\d+) ")
         started.append(ingester)
-
-        def listening() -> object:
-            if proc.poll() is not None:
-                pytest.fail(f"mongol-ingest exited with {proc.returncode}:\n{ingester.log()}")
-            return re.search(r"listening on udp://127\.0\.0\.1:(\d+) ", ingester.log())
-
-        ingester.port = int(wait_until(listening, START_TIMEOUT, "mongol-ingest to listen").group(1))
         return ingester
 
     yield start
-    for ingester in started:
-        if ingester.proc.poll() is None:
-            ingester.proc.kill()
-            ingester.proc.wait()
+    stop_all(started)
 
 
 def nginx_ready(proc: subprocess.Popen, port: int) -> object:
@@ -325,7 +295,7 @@ def test_requests_to_nginx_become_the_hits_mongol_serve_stores(store_uri, store,
     log = ingester.log()
     assert "dropped a line that mongol-serve would have refused: 400 Bad Request, missing site and url" in log
     assert log.count("dropped a line") == 1  # at most once a minute
-    assert ingester.stop() == 0
+    assert ingester.signal(timeout=60) == 0
     assert "16 datagrams received, 10 hits spooled, 4 lines mongol-serve would have refused, 2 not pixel hits" \
         in ingester.log()
 
@@ -378,7 +348,7 @@ def test_sigterm_stores_what_is_spooled(store_uri, store, start_ingest, tmp_path
     send(ingester.port, 200)
     wait_until(lambda: spooled_lines(tmp_path / "spool") == 200, 10, "200 spooled hits")
     assert store.count() == 0
-    assert ingester.stop() == 0
+    assert ingester.signal(timeout=60) == 0
     assert store.count(site="s") == 200
     assert spooled_lines(tmp_path / "spool") == 0
     assert "200 datagrams received, 200 hits spooled" in ingester.log()
@@ -389,7 +359,7 @@ def test_no_writer_leaves_the_hits_to_mongol_serve(start_ingest, tmp_path):
     ingester = start_ingest("--db", uri, "--no-writer")
     send(ingester.port, 20)
     wait_until(lambda: spooled_lines(default_spool(uri)) == 20, 10, "20 hits in mongol-serve's spool")
-    assert ingester.stop() == 0
+    assert ingester.signal(timeout=60) == 0
     assert "storing hits in" not in ingester.log()
     store = open_store(uri)
     try:
