@@ -120,3 +120,11 @@ def test_short_address_forms_listen_on_all_interfaces(tmp_path, address):
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_access_log(start_server, tmp_path):
+    server = start_server("--db", f"sqlite://{tmp_path}/a.db", "--access-log")
+    http_get(server.url + "/p.gif?site=a&url=/x")
+    http_get(server.url + "/p.gif")
+    wait_until(lambda: '"GET /p.gif" 400' in server.log(), 10, "the access log lines")
+    assert '127.0.0.1 "GET /p.gif?site=a&url=/x" 200' in server.log()
