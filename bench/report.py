@@ -6,7 +6,10 @@
 Hits follow a Zipf-like distribution over a few thousand URLs, spread over the last two days.
 For each size it prints seconds and hits/s for: the default report (native path), the same
 map/reduce as custom JavaScript (embedded quickjs-ng, all cores), and the reference: a plain
-Python dict count of the same rows read from the same store.
+Python dict count of the same rows read from the same store. Each goes through mongol.report.compute
+as mongol-report runs it. The CPU column adds this process's CPU time and its workers'; the load
+column is the 1-minute load average before the run (the machine may be shared: compare the CPU
+time, or repeat with --repeat and keep the best).
 """
 
 import argparse
@@ -14,6 +17,7 @@ import os
 import platform
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -69,10 +73,23 @@ def spec(name: str, mapper: str = DEFAULT_MAPPER, reducer: str = DEFAULT_REDUCER
                       finalize=None, pipeline=None, engine="embedded", cpu_seconds=3600, memory_mb=1024)
 
 
-def timed(fn) -> "tuple[float, object]":
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for (the workers)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def timed(fn, repeat: int = 1) -> "tuple[float, float, float, object]":
+    """The best of `repeat` runs: (seconds, CPU seconds, load average before, result)."""
+    best = None
+    for _ in range(repeat):
+        load = os.getloadavg()[0]
+        cpu, start = cpu_seconds(), time.perf_counter()
+        result = fn()
+        run = (time.perf_counter() - start, cpu_seconds() - cpu, load, result)
+        if best is None or run[0] < best[0]:
+            best = run
+    return best
 
 
 def python_count(store: Store, start: datetime) -> Counter:
@@ -82,18 +99,19 @@ def python_count(store: Store, start: datetime) -> Counter:
     return counts
 
 
-def measure(store: Store, n: int, label: str) -> None:
+def measure(store: Store, n: int, label: str, repeat: int = 1) -> None:
     now = datetime.now(UTC)
     start = now - timedelta(days=3)
-    ref_s, ref = timed(lambda: python_count(store, start))
-    native_s, native = timed(lambda: compute(spec("native"), store, now))
-    js_s, js = timed(lambda: compute(spec("js", JS_MAPPER, JS_REDUCER), store, now))
-    expected = [v for _, v in ref.most_common(10)]
-    assert [r["value"] for r in native] == expected, "native report disagrees with the reference"
-    assert [r["value"] for r in js] == expected, "JavaScript report disagrees with the reference"
-    for what, seconds in (("default report (native)", native_s), ("custom JavaScript", js_s),
-                          ("reference: Python dict count", ref_s)):
-        print(f"{label:<22} {n:>11,} {what:<30} {seconds:>8.2f} s {n / seconds:>13,.0f} hits/s", flush=True)
+    ref_run = timed(lambda: python_count(store, start))
+    native_run = timed(lambda: compute(spec("native"), store, now), repeat)
+    js_run = timed(lambda: compute(spec("js", JS_MAPPER, JS_REDUCER), store, now), repeat)
+    expected = [v for _, v in ref_run[3].most_common(10)]
+    assert [r["value"] for r in native_run[3]] == expected, "native report disagrees with the reference"
+    assert [r["value"] for r in js_run[3]] == expected, "JavaScript report disagrees with the reference"
+    for what, (seconds, cpu, load, _) in (("default report (native)", native_run), ("custom JavaScript", js_run),
+                                          ("reference: Python dict count", ref_run)):
+        print(f"{label:<22} {n:>11,} {what:<30} {seconds:>8.2f} s {n / seconds:>13,.0f} hits/s "
+              f"{cpu:>8.2f} s {load:>6.2f}", flush=True)
 
 
 def start_wire_server() -> "tuple[subprocess.Popen, str]":
@@ -110,20 +128,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hits", type=int, action="append", help="sizes to run (default 1M and 10M)")
     parser.add_argument("--mongodb", action="store_true", help="also run the smallest size on the wire server")
+    parser.add_argument("--repeat", type=int, default=1, help="run each report this many times, keep the fastest")
     args = parser.parse_args()
     sizes = args.hits or [1_000_000, 10_000_000]
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
                platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}")
-    print(f"{'store':<22} {'hits':>11} {'what':<30} {'time':>10} {'rate':>20}")
+    print(f"{'store':<22} {'hits':>11} {'what':<30} {'time':>10} {'rate':>20} {'CPU':>10} {'load':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             store = open_store(f"sqlite://{tmp}/bench-{n}.db")
             fill_s = fill(store, n)
             print(f"{'SQLite (fill)':<22} {n:>11,} {'insert_many, 10k per batch':<30} {fill_s:>8.2f} s "
                   f"{n / fill_s:>13,.0f} hits/s", flush=True)
-            measure(store, n, "SQLite")
+            measure(store, n, "SQLite", args.repeat)
             store.close()
             os.remove(f"{tmp}/bench-{n}.db")
         if args.mongodb:
@@ -131,7 +150,7 @@ def main() -> None:
             try:
                 store = open_store(uri)
                 fill(store, min(sizes))
-                measure(store, min(sizes), "MongoDB (wire server)")
+                measure(store, min(sizes), "MongoDB (wire server)", args.repeat)
                 store.close()
             finally:
                 proc.stdin.close()

@@ -11,6 +11,11 @@ runs inside JavaScript. Parsing is most of that work, so a mapper that reads the
 `this.name` gets only the fields it names. With several workers each reduces its share; the partial
 results are split by key, merged by re-reduce and finalized in parallel.
 
+A store that the workers can read themselves (SQLite) is given as a HitSource instead: the parent
+only hands out parts of it (map_reduce_source), each worker reads its parts' raw JSON and JavaScript
+parses each hit once, so no hit passes through the parent, which would otherwise take a core of its
+own to read and feed the workers.
+
 Hits reach JavaScript as JSON does, except that a datetime becomes a Date (milliseconds; a naive one
 is taken as UTC) and a date an ISO string; other types (bytes, sets, ...) fail the run.
 
@@ -31,19 +36,19 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 from multiprocessing.connection import Connection, wait
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import orjson
 
 from mongol.errors import MongolError
 
-__all__ = ["DATE_TAG", "CompileError", "Limits", "MapReduceError", "check_compiles", "encoded_batches",
-           "map_reduce", "map_reduce_encoded", "mapper_fields"]
+__all__ = ["DATE_TAG", "CompileError", "HitSource", "Limits", "MapReduceError", "check_compiles", "encoded_batches",
+           "map_reduce", "map_reduce_encoded", "map_reduce_source", "mapper_fields"]
 
 #: Hits handed to the engine per call.
 BATCH_SIZE = 1000
@@ -51,6 +56,12 @@ BATCH_SIZE = 1000
 SPLIT_AFTER = 50_000
 #: Batches a worker may have queued but not yet processed.
 CREDITS = 4
+#: Parts of a HitSource a worker may have queued, the one it reads included.
+SCAN_AHEAD = 2
+#: While workers read a HitSource: how long (seconds) each maps hits between reports of its progress
+#: (and at the end of each part), and how often at most each is told what is left of the CPU budget.
+REPORT_EVERY = 0.02
+ALLOWANCE_EVERY = 0.01
 #: A worker that answers nothing for longer than this (beyond its CPU budget) is treated as hung.
 STALL_SLACK_SECONDS = 60.0
 
@@ -99,6 +110,29 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+class HitSource(Protocol):
+    """Hits that the workers read themselves, part by part, so that no hit passes through the parent.
+
+    The object is pickled to every worker: keep it small, with no open connection in it.
+    """
+
+    def count(self) -> int:
+        """How many hits there are (called in the parent, for a progress bar only)."""
+
+    def parts(self) -> Iterable[tuple[int, Any]]:
+        """Called in the parent: the parts to hand out, as (about how many hits, part); a part is any
+        value orjson can encode, and together the parts hold every hit once."""
+
+    def read(self, part: Any) -> Iterable[tuple[int, str, bool]]:
+        """Called in a worker: the hits of one part, in batches of at most BATCH_SIZE hits, each
+        (how many, text, tagged). The text is the JSON array [docs, ids, times]: docs, one JSON
+        object per hit; ids, null or each hit's `_id` (a string); times, null or each hit's `time` in
+        milliseconds since 1970, UTC. A hit gets `_id` then `time` as its last fields, time as a Date.
+        Unless `tagged`, no doc holds a DATE_TAG or number tag (as a key), so none is looked for.
+        Raise MongolError (StoreError) when the store cannot be read: its message fails the run.
+        """
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,13 +241,16 @@ function emit(k, v) {
     case "boolean": c = k ? "t" : "f"; break;
     case "undefined": k = null; c = "z"; break;
     case "object":
-      if (k === null) { c = "z"; } else { c = "j" + keyJSON(k); k = clone(k); }
+      if (k === null) c = "z"; else c = "j" + keyJSON(k);
       break;
     default: throw new TypeError("emit: a key cannot be a " + typeof k);
   }
   if (typeof v === "object" && v !== null) v = clone(v);
   const e = table.get(c);
-  if (e === undefined) { table.set(c, {key: k, values: [v]}); return; }
+  if (e === undefined) {          // only a key seen for the first time is kept, so only it is copied
+    table.set(c, {key: (typeof k === "object" && k !== null) ? clone(k) : k, values: [v]});
+    return;
+  }
   const vs = e.values;
   vs.push(v);
   if (vs.length >= PILE) e.values = [reduceValues(e.key, vs)];
@@ -235,6 +272,24 @@ g.__mongol_map = function (text) {
   for (let i = 0; i < docs.length; i++) {
     const d = docs[i];
     reviveFields(d);
+    mapper.call(d);
+  }
+  mapping = false;
+};
+
+// Hits read from a store by the worker: [docs, ids, times], where ids (strings) and times
+// (milliseconds) are null or one per doc and go last into each doc as _id and time (a Date).
+// Unless `tagged`, no doc holds a tagged value (the reader checked), so none needs reviving.
+g.__mongol_map_hits = function (text, tagged) {
+  g.__mongol_phase = 4;
+  const batch = JSON.parse(text), docs = batch[0], ids = batch[1], times = batch[2];
+  g.__mongol_phase = 0;
+  mapping = true;
+  for (let i = 0; i < docs.length; i++) {
+    const d = docs[i];
+    if (tagged) reviveFields(d);
+    if (ids !== null) d._id = ids[i];
+    if (times !== null) d.time = new Date(times[i]);
     mapper.call(d);
   }
   mapping = false;
@@ -556,12 +611,16 @@ def _decode_results(data: bytes) -> list[tuple[Any, Any]]:
 #
 # parent -> worker                               worker -> parent
 #   B allowance:f8 json   map a batch              R                         ready (functions compiled)
-#   P allowance:f8 n:u4   split into n partitions  A used:f8                 batch done
+#   S allowance:f8 json   read and map a part      A used:f8                 batch done
+#   L allowance:f8        new allowance            U used:f8 hits:u4         more hits of a part mapped
+#   P allowance:f8 n:u4   split into n partitions  D used:f8 hits:u4         part done (its last hits)
 #   I json                absorb a partition       Q json                    one partition (n of them)
 #   F allowance:f8        finish                   O used:f8 json            results
 #                                                  E json                    error, then the worker exits
 # `allowance` is the CPU time the worker may use in all (the budget minus what the others used);
-# `used` is the worker's JavaScript CPU time so far.
+# `used` is the worker's JavaScript CPU time so far. S and L only come with a HitSource: the worker
+# reads the part (a JSON value the source made in the parent) itself and reports its progress (U)
+# every REPORT_EVERY seconds; L, sent on such reports, keeps each one's allowance current within a part.
 
 _F8 = struct.Struct("<d")
 _F8U4 = struct.Struct("<dI")
@@ -589,6 +648,7 @@ class _Engine:
         self.ctx.set_memory_limit(limits.memory_mb * 1024 * 1024)
         self.ctx.eval(_DRIVER)
         self.map_ = self.ctx.get("__mongol_map")
+        self.map_hits_ = self.ctx.get("__mongol_map_hits")
         self.finish_ = self.ctx.get("__mongol_finish")
         self.partial_ = self.ctx.get("__mongol_partial")
         self.absorb_ = self.ctx.get("__mongol_absorb")
@@ -648,6 +708,9 @@ class _Engine:
     def map(self, text: str) -> None:
         self._call(self.map_, text)
 
+    def map_hits(self, text: str, tagged: bool) -> None:
+        self._call(self.map_hits_, text, tagged)
+
     def finish(self) -> str:
         return self._call(self.finish_, next_up="reducer")
 
@@ -658,7 +721,7 @@ class _Engine:
         self._call(self.absorb_, text, next_up="merging the results")
 
 
-def _worker_main(conn: Connection, sources: list[str | None], limits: Limits) -> None:
+def _worker_main(conn: Connection, sources: list[str | None], limits: Limits, hits: HitSource | None = None) -> None:
     """Entry point of a spawned worker: serve the parent's messages until it hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
     try:
@@ -667,13 +730,24 @@ def _worker_main(conn: Connection, sources: list[str | None], limits: Limits) ->
         # A reader thread keeps the pipe drained while the engine (which releases the GIL) works,
         # so the parent never blocks sending to a busy worker and can feed the others meanwhile.
         inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        threading.Thread(target=_read_all, args=(conn, inbox), daemon=True).start()
+        threading.Thread(target=_read_all, args=(conn, inbox, engine), daemon=True).start()
         while (msg := inbox.get()) is not None:
             op = msg[:1]
             if op == b"B":
                 (engine.allowance,) = _F8.unpack_from(msg, 1)
                 engine.map(msg[1 + _F8.size:].decode())
                 conn.send_bytes(b"A" + _F8.pack(engine.used))
+            elif op == b"S":
+                # The others' use only grows: an L that overtook this message is the more recent.
+                engine.allowance = min(engine.allowance, _F8.unpack_from(msg, 1)[0])
+                mapped, reported = 0, time.monotonic()
+                for count, text, tagged in _read_part(hits, orjson.loads(msg[1 + _F8.size:])):  # type: ignore[arg-type]
+                    engine.map_hits(text, tagged)
+                    mapped += count
+                    if time.monotonic() - reported >= REPORT_EVERY:
+                        conn.send_bytes(b"U" + _F8U4.pack(engine.used, mapped))
+                        mapped, reported = 0, time.monotonic()
+                conn.send_bytes(b"D" + _F8U4.pack(engine.used, mapped))
             elif op == b"I":
                 engine.absorb(msg[1:].decode())
             elif op == b"P":
@@ -693,12 +767,29 @@ def _worker_main(conn: Connection, sources: list[str | None], limits: Limits) ->
     os._exit(0)
 
 
-def _read_all(conn: Connection, inbox: queue.SimpleQueue) -> None:
+def _read_all(conn: Connection, inbox: queue.SimpleQueue, engine: _Engine) -> None:
     try:
         while True:
-            inbox.put(conn.recv_bytes())
+            msg = conn.recv_bytes()
+            if msg[:1] == b"L":  # applies at once, also to the part being read
+                engine.allowance = min(engine.allowance, _F8.unpack_from(msg, 1)[0])
+            else:
+                inbox.put(msg)
     except (EOFError, OSError):
         inbox.put(None)
+
+
+def _read_part(hits: HitSource, part: Any) -> Iterator[tuple[int, str, bool]]:
+    """hits.read(part), its store errors reported as the worker's error."""
+    batches = iter(hits.read(part))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except MongolError as exc:
+            raise _Fatal("run", "reading the hits", str(exc)) from None
+        yield batch
 
 
 def _send_error(conn: Connection, kind: str, option: str, message: str) -> None:
@@ -721,15 +812,19 @@ class _Worker:
 
 
 class _Pool:
-    """Worker processes fed round-robin; every wait on them also watches for their death."""
+    """Worker processes fed round-robin (or handed parts of a HitSource to read); every wait on them
+    also watches for their death."""
 
-    def __init__(self, sources: list[str | None], limits: Limits) -> None:
+    def __init__(self, sources: list[str | None], limits: Limits, hits: HitSource | None = None) -> None:
         self.sources = sources
         self.limits = limits
+        self.hits = hits
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
         self.next = 0
         self.stall = limits.cpu_seconds + STALL_SLACK_SECONDS
+        self.mapped = 0  # hits the workers reported mapped (reading a HitSource)
+        self.told = 0.0  # when the workers' allowances were last sent
 
     def __enter__(self) -> _Pool:
         return self
@@ -740,7 +835,8 @@ class _Pool:
     def start(self, count: int) -> None:
         for _ in range(count):
             parent_end, child_end = self.context.Pipe()
-            process = self.context.Process(target=_worker_main, args=(child_end, self.sources, self.limits),
+            process = self.context.Process(target=_worker_main,
+                                           args=(child_end, self.sources, self.limits, self.hits),
                                            name="mongol-mapreduce", daemon=True)
             try:
                 process.start()
@@ -787,6 +883,37 @@ class _Pool:
                     return
             self.pump()
 
+    def scan(self, parts: Iterable[tuple[int, Any]]) -> Iterator[int]:
+        """Have the workers read and map `parts` of the HitSource, each part going to the worker with
+        the least queued; yields how many more hits were mapped, as the workers report them."""
+        told = 0
+        for _, part in parts:
+            while True:
+                worker = max(self.workers, key=lambda w: w.credits)  # 0 credits until ready
+                if worker.credits > CREDITS - SCAN_AHEAD:
+                    break
+                self.pump()
+                if self.mapped > told:
+                    yield self.mapped - told
+                    told = self.mapped
+            worker.credits -= 1
+            self.send(worker, b"S" + _F8.pack(self.allowance(worker)) + orjson.dumps(part))
+        while not all(w.ready and w.credits == CREDITS for w in self.workers):
+            self.pump()
+            if self.mapped > told:
+                yield self.mapped - told
+                told = self.mapped
+
+    def _tell_allowances(self) -> None:
+        """Send each worker its current allowance, at most every ALLOWANCE_EVERY seconds."""
+        now = time.monotonic()
+        if now - self.told < ALLOWANCE_EVERY:
+            return
+        self.told = now
+        for w in self.workers:
+            if w.ready:
+                self.send(w, b"L" + _F8.pack(self.allowance(w)))
+
     def pump(self) -> None:
         """Wait for the next message from any worker and handle it (or notice a death)."""
         conns = {w.conn: w for w in self.workers}
@@ -814,6 +941,14 @@ class _Pool:
             worker.credits = CREDITS
         elif op == b"A":
             (worker.used,) = _F8.unpack_from(msg, 1)
+            worker.credits += 1
+        elif op == b"U":
+            worker.used, count = _F8U4.unpack_from(msg, 1)
+            self.mapped += count
+            self._tell_allowances()
+        elif op == b"D":
+            worker.used, count = _F8U4.unpack_from(msg, 1)
+            self.mapped += count
             worker.credits += 1
         elif op in (b"Q", b"O"):
             worker.replies.append(msg)
@@ -941,6 +1076,41 @@ def map_reduce_encoded(batches: Iterable[tuple[int, bytes]], mapper: str, reduce
             seen += count
             if len(pool.workers) < target and seen > SPLIT_AFTER:
                 pool.start(target - len(pool.workers))
+        return pool.finish()
+
+
+def map_reduce_source(hits: HitSource, mapper: str, reducer: str, finalize: str | None = None, *,
+                      limits: Limits = DEFAULT_LIMITS, workers: int | None = None,
+                      progress: Callable[[Iterator[tuple[int, bytes]], int], Iterator[tuple[int, bytes]]] | None
+                      = None) -> list[tuple[Any, Any]]:
+    """map_reduce over hits that the workers read themselves, so that no hit passes through the
+    parent (which only hands out the parts): the same results as map_reduce over the same hits.
+
+    With `workers=None`, one worker, or as many as there are CPUs once the parts hold more than
+    SPLIT_AFTER hits. `progress`, given, wraps an iterator of (hits mapped since the last item, b"")
+    with the hit count, and must yield what it wraps (a progress bar: see mongol.report.compute).
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers!r}")
+    sources = _sources(mapper, reducer, finalize)
+    check_compiles(*sources)
+    parts: Iterator[tuple[int, Any]] = iter(hits.parts())
+    if workers is None:
+        head, planned = [], 0
+        for size, part in parts:
+            head.append((size, part))
+            planned += size
+            if planned > SPLIT_AFTER:
+                break
+        workers = _cpu_count() if planned > SPLIT_AFTER else 1
+        parts = chain(head, parts)
+    with _Pool(sources, limits, hits) as pool:
+        pool.start(workers)
+        ticks: Iterator[tuple[int, bytes]] = ((count, b"") for count in pool.scan(parts))
+        if progress is not None:
+            ticks = progress(ticks, hits.count())
+        for _ in ticks:
+            pass
         return pool.finish()
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mongol.mapreduce import DATE_TAG, Limits, encoded_batches, map_reduce_encoded, mapper_fields
+from mongol.mapreduce import Limits, encoded_batches, map_reduce_encoded, map_reduce_source, mapper_fields
 from mongol.reportconfig import ReportSpec
 from mongol.stores import Store
 
@@ -61,7 +61,8 @@ Batches = Iterator[tuple[int, bytes]]
 def compute(spec: ReportSpec, store: Store, now: datetime,
             progress: Callable[[Batches, int], Batches] | None = None) -> list[dict]:
     """The rows of one report. `progress` may wrap the batches of hits fed to JavaScript, given how
-    many hits there are; each batch is (its number of hits, its JSON)."""
+    many hits there are; each batch is (its number of hits, its JSON). When the workers read the
+    store themselves (SQLite), the JSON is b"" and the counts come as the workers report them."""
     start = window_start(spec, now)
     if spec.pipeline is not None:
         docs = store.aggregate(spec.pipeline, start, spec.site)  # type: ignore[attr-defined]
@@ -73,13 +74,15 @@ def compute(spec: ReportSpec, store: Store, now: datetime,
                                         start, spec.site)
     else:
         limits = Limits(cpu_seconds=spec.cpu_seconds, memory_mb=spec.memory_mb)
-        if hasattr(store, "json_batches"):  # the store writes the engine's JSON itself (SQLite)
-            batches = store.json_batches(start, spec.site, mapper_fields(spec.mapper), DATE_TAG)
+        if hasattr(store, "hit_source"):  # the workers read the store themselves (SQLite)
+            hits = store.hit_source(start, spec.site, mapper_fields(spec.mapper))
+            pairs = map_reduce_source(hits, spec.mapper, spec.reducer, spec.finalize, limits=limits,
+                                      progress=progress)
         else:
             batches = encoded_batches(store.hits(start, None, spec.site), spec.mapper)
-        if progress is not None:
-            batches = progress(batches, store.count(start, None, spec.site))
-        pairs = map_reduce_encoded(batches, spec.mapper, spec.reducer, spec.finalize, limits=limits)
+            if progress is not None:
+                batches = progress(batches, store.count(start, None, spec.site))
+            pairs = map_reduce_encoded(batches, spec.mapper, spec.reducer, spec.finalize, limits=limits)
     return sort_and_limit(pairs, spec.descending, spec.limit)
 
 

@@ -9,9 +9,19 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
-from mongol.mapreduce import CompileError, Limits, MapReduceError, _Engine, check_compiles, map_reduce
+from mongol.errors import StoreError
+from mongol.mapreduce import (
+    CompileError,
+    Limits,
+    MapReduceError,
+    _Engine,
+    check_compiles,
+    map_reduce,
+    map_reduce_source,
+)
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
 MAPPER = "function () { emit({url: this.url, title: this.title}, this.pageviews); }"
@@ -194,6 +204,13 @@ def test_emitted_objects_are_copies():
     reducer = "function (k, vs) { var r = vs[0]; for (var i = 1; i < vs.length; i++) r.n += vs[i].n; return r; }"
     result = dict(map_reduce([{}, {}, {}], mapper, reducer))
     assert result == {"a": {"n": 3}, "b": {"n": 3}}
+
+
+def test_emitted_keys_are_copies():
+    # Only a key's first emit is kept; changing the object afterwards changes neither that key nor the next.
+    mapper = "function () { var k = {u: 1}; emit(k, 1); k.u = 2; emit(k, 1); emit(k, 1); k.u = 3; k.x = [1]; }"
+    result = as_mapping(map_reduce([{}, {}], mapper, SUM))
+    assert result == {shape({"u": 1}): 2, shape({"u": 2}): 4}
 
 
 def test_mapper_sees_the_whole_hit():
@@ -444,3 +461,132 @@ def test_dynamic_import_loads_no_module():
     settled = engine.ctx.eval("JSON.stringify(settled)")
     assert "loaded" not in settled
     assert settled.count("ReferenceError: could not load module") == 8
+
+
+# --- hits the workers read themselves (HitSource) -------------------------------------------------
+
+
+class ListSource:
+    """A HitSource over hits held in memory (pickled to each worker), as a store's reader would give them:
+    the docs without _id and time, which come last, time in milliseconds."""
+
+    def __init__(self, hits, part=250, batch=40, fail_at=None):
+        self.rows = []
+        for hit in hits:
+            doc = {k: v for k, v in hit.items() if k not in ("_id", "time")}
+            ms = (hit["time"] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+            self.rows.append((orjson.dumps(doc, option=orjson.OPT_PASSTHROUGH_DATETIME,
+                                           default=lambda d: {"\x00date": int(d.timestamp() * 1000)}).decode(),
+                              hit["_id"], ms))
+        self.part, self.batch, self.fail_at = part, batch, fail_at
+
+    def count(self):
+        return len(self.rows)
+
+    def parts(self):
+        for start in range(0, len(self.rows), self.part):
+            yield min(self.part, len(self.rows) - start), [start, min(start + self.part, len(self.rows))]
+
+    def read(self, part):
+        for start in range(part[0], part[1], self.batch):
+            if self.fail_at is not None and start >= self.fail_at:
+                raise StoreError("the disk is on fire")
+            rows = self.rows[start:min(start + self.batch, part[1])]
+            docs = ",".join(doc for doc, _, _ in rows)
+            ids, times = orjson.dumps([i for _, i, _ in rows]).decode(), orjson.dumps([t for *_, t in rows]).decode()
+            text = f"[[{docs}],{ids},{times}]"
+            yield len(rows), text, "\\u0000" in docs
+
+
+def last_id_and_time(hit):
+    """The hit with its fields in the order a store's reader gives them: _id and time last."""
+    return {**{k: v for k, v in hit.items() if k not in ("_id", "time")}, "_id": hit["_id"], "time": hit["time"]}
+
+
+@pytest.mark.parametrize("workers", [1, 2, None])
+def test_workers_reading_a_source_give_what_map_reduce_gives(workers):
+    hits = make_hits(3000, urls=300, every_title=5)
+    source = ListSource(hits)
+    assert as_mapping(map_reduce_source(source, MAPPER, REDUCER, workers=workers)) == default_report(hits)
+    days = Counter(hit["time"].date().isoformat() for hit in hits)
+    result = map_reduce_source(source, DAY_MAPPER, DAY_REDUCER, workers=workers)
+    assert {k: v["n"] for k, v in result} == dict(days)
+    whole = "function () { emit(Object.keys(this).join(), {n: 1, id: this._id.length, t: this.time}); }"
+    reducer = "function (k, vs) { var n = 0; vs.forEach(function (v) { n += v.n; }); return {n: n}; }"
+    finalize = "function (k, v) { return v.n === undefined ? 'single' : v.n; }"
+    ordered = [last_id_and_time(hit) for hit in hits]
+    assert sorted(map_reduce_source(source, whole, reducer, finalize, workers=workers)) == sorted(
+        map_reduce(ordered, whole, reducer, finalize, workers=workers))
+
+
+def test_a_source_with_tagged_values():
+    when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
+    hits = [{**hit, "nested": {"when": when}} for hit in make_hits(50)]
+    mapper = "function () { emit(this.nested.when instanceof Date, this.nested.when); }"
+    reducer = "function (k, vs) { return vs[0]; }"
+    assert map_reduce_source(ListSource(hits), mapper, reducer) == [(True, when)]
+
+
+def test_a_source_of_no_hits():
+    assert map_reduce_source(ListSource([]), MAPPER, REDUCER) == []
+    assert map_reduce_source(ListSource([]), MAPPER, REDUCER, workers=2) == []
+    with pytest.raises(CompileError, match=r"^reducer is not a function"):
+        map_reduce_source(ListSource([]), MAPPER, "(1)")
+
+
+def test_progress_of_a_source():
+    hits = make_hits(1000)
+    seen = []
+
+    def progress(ticks, total):
+        seen.append(total)
+        for count, text in ticks:
+            assert text == b"" and count > 0
+            seen.append(count)
+            yield count, text
+
+    for workers in (1, 2):
+        seen.clear()
+        assert as_mapping(map_reduce_source(ListSource(hits), MAPPER, REDUCER, workers=workers,
+                                            progress=progress)) == default_report(hits)
+        assert seen[0] == 1000 and sum(seen[1:]) == 1000 and len(seen) > 2
+
+
+def test_a_source_that_cannot_be_read_fails_the_run():
+    with pytest.raises(MapReduceError, match=r"^the disk is on fire$"):
+        map_reduce_source(ListSource(make_hits(1000), fail_at=600), MAPPER, REDUCER, workers=2)
+
+
+def test_the_cpu_limit_is_for_the_whole_run_of_a_source():
+    # About 1 ms per hit, over two workers that read their parts and share the one budget.
+    started = time.monotonic()
+    with pytest.raises(MapReduceError, match=r"^mapper exceeded the CPU time limit of 1.5 s"):
+        map_reduce_source(ListSource(make_hits(6000), part=1000, batch=100),
+                          "function () { var t = Date.now(); while (Date.now() - t < 1) {} }", SUM,
+                          limits=Limits(cpu_seconds=1.5), workers=2)
+    assert time.monotonic() - started < 15  # CPU time, so allow for a busy machine
+
+
+def test_a_killed_worker_fails_a_source_run_promptly():
+    outcome = {}
+
+    def run():
+        try:
+            map_reduce_source(ListSource(make_hits(10)), "function () { var t = Date.now(); "
+                              "while (Date.now() - t < 30000) {} }", SUM, limits=Limits(cpu_seconds=60))
+        except MapReduceError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it start working
+    (worker,) = multiprocessing.active_children()
+    started = time.monotonic()
+    os.kill(worker.pid, signal.SIGKILL)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert "killed by signal 9" in str(outcome["error"])

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from mongol.hit import new_id
+from mongol.mapreduce import MapReduceError, map_reduce, map_reduce_source, mapper_fields
+from mongol.report import compute
+from mongol.reportconfig import DEFAULT_MAPPER, DEFAULT_REDUCER, ReportSpec
 from mongol.stores import open_store
 from tests.conftest import BIN, wait_until
 
@@ -159,6 +162,98 @@ reducer = function (k, vs) { var s = 0; vs.forEach(function (v) { s += v.views; 
     rows = read_jsonp(tmp_path / "out" / "hot.json")
     assert rows[0] == {"_id": "/hot", "value": {"views": 5400}}
     assert rows[1]["value"] == {"views": 1}  # emitted once: not reduced
+
+
+# The workers read SQLite themselves -------------------------------------------------------------
+
+def odd_hits() -> list[dict]:
+    """Hits over 3 days and 2 sites, with what the JSON of a stored doc can make hard."""
+    hits = [hit(timedelta(minutes=7 * i), site=["a.org", "b.org"][i % 2], url=f"/{i % 13}", n=i,
+                **({"title": f"T\u00e9 {i % 5}"} if i % 4 else {})) for i in range(600)]
+    same = NOW - timedelta(hours=5)  # more hits at one time than a batch holds
+    hits += [{"_id": new_id(same.timestamp()), "time": same, "site": "a.org", "url": "/same", "pageviews": 1}
+             for _ in range(30)]
+    when = NOW - timedelta(hours=1)
+    hits += [hit(timedelta(hours=2), title=None), hit(timedelta(hours=2), url=None),
+             hit(timedelta(hours=3), nested={"a": [1, {"b": "\u2028"}], "when": when, "\x00date": 5}),
+             hit(timedelta(hours=3), **{"__proto__": {"x": 1}, "quote": 'a"b\\c'}),
+             {"_id": new_id(NOW.timestamp()), "time": NOW - timedelta(hours=4)}]  # a doc of {}
+    return hits
+
+
+WHOLE_HIT = """function () {
+    var keys = Object.keys(this), out = {}, types = [];
+    keys.forEach(function (k) { out[k] = this[k]; types.push(Object.prototype.toString.call(this[k])); }, this);
+    emit(keys.join() + types.join(), {n: 1, hits: [out], proto: Object.getPrototypeOf(this) === Object.prototype});
+}"""
+COLLECT = "function (k, vs) { var r = {n: 0, hits: []}; vs.forEach(function (v) { r.n += v.n; " \
+          "r.hits = r.hits.concat(v.hits); r.proto = v.proto; }); return r; }"
+SORT_HITS = "function (k, v) { v.hits.sort(function (a, b) { return a._id < b._id ? -1 : 1; }); return v; }"
+
+
+@pytest.mark.parametrize(("mapper", "reducer", "finalize"), [
+    (DEFAULT_MAPPER, DEFAULT_REDUCER, None),
+    ("function () { emit(this.title === null ? 'null' : typeof this.title, this.n || 0); }", DEFAULT_REDUCER, None),
+    ("function () { emit(this.time.toISOString().slice(0, 13), this._id.length); }", DEFAULT_REDUCER, None),
+    (WHOLE_HIT, COLLECT, SORT_HITS),
+])
+def test_workers_reading_sqlite_give_what_the_hits_give(tmp_path, mapper, reducer, finalize):
+    store = open_store(f"sqlite://{tmp_path}/hits.db")
+    store.insert_many(odd_hits())
+    rows = store._db.execute("SELECT min(rowid), max(rowid) FROM hits").fetchone()
+    try:
+        for start, site in [(None, None), (NOW - timedelta(days=1), None), (NOW - timedelta(days=2), "a.org"),
+                            (NOW - timedelta(hours=1), "c.org")]:
+            expected = map_reduce(list(store.hits(start, None, site)), mapper, reducer, finalize)
+            for by_rowid in (True, False):  # either way of reading works for any window
+                source = store.hit_source(start, site, mapper_fields(mapper))
+                source.rows = rows if by_rowid else None
+                source.batch, source.part_batches = 7, 3  # many parts; by time, batches of one time cut in the worker
+                got = map_reduce_source(source, mapper, reducer, finalize, workers=2)
+                assert sorted(got, key=repr) == sorted(expected, key=repr)
+                assert source.count() == len(list(store.hits(start, None, site)))
+        assert store.hit_source(None, None, None).rows == rows  # all of the table: by rowid
+        assert store.hit_source(NOW - timedelta(hours=6), None, None).rows is None  # a few percent of it: by time
+    finally:
+        store.close()
+
+
+def report_spec(mapper: str, window: timedelta | None = None) -> ReportSpec:
+    return ReportSpec(name="s", output=Path("/nonexistent"), window=window, site=None, callback="results", limit=0,
+                      descending=True, mapper=mapper, reducer=DEFAULT_REDUCER, finalize=None, pipeline=None,
+                      engine="embedded", cpu_seconds=60, memory_mb=64)
+
+
+def test_progress_while_workers_read_sqlite(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/hits.db")
+    store.insert_many(make_pages())
+    counts = []
+
+    def progress(batches, total):
+        counts.append(total)
+        for count, batch in batches:
+            counts.append(count)
+            yield count, batch
+
+    try:
+        rows = compute(report_spec("function () { emit(this.lang, 1); }", timedelta(days=2)), store, NOW, progress)
+        in_window = store.count(NOW - timedelta(days=2))
+        assert sum(row["value"] for row in rows) == in_window == counts[0] == sum(counts[1:])
+    finally:
+        store.close()
+
+
+def test_a_store_the_workers_cannot_read(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/hits.db")
+    try:
+        store.insert_many(make_pages())
+        source = store.hit_source(None, None, None)
+        for path in tmp_path.glob("hits.db*"):  # gone by the time the workers open it
+            path.unlink()
+        with pytest.raises(MapReduceError, match=r"^cannot read the SQLite store .*/hits.db: unable to open"):
+            map_reduce_source(source, DEFAULT_MAPPER, DEFAULT_REDUCER)
+    finally:
+        store.close()
 
 
 # Purging ---------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ partial hour, and gives exactly what summing the hits gives.
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -86,16 +88,6 @@ def _by_hour(rows: Iterable[tuple]) -> dict[tuple, list]:
             entry[0] += _number(views)
             entry[1] += 1
     return sums
-
-
-def _sql_text(text: str) -> str:
-    """A string literal for SQL."""
-    return "'" + text.replace("'", "''").replace("\x00", "' || char(0) || '") + "'"
-
-
-def _json_path(name: str) -> str:
-    """The JSON path of a top-level field named like a JavaScript identifier (what mapper_fields gives)."""
-    return '$."' + name + '"'
 
 
 def _number(value: object) -> float:
@@ -211,25 +203,9 @@ class SQLiteStore:
             args += [name, value, value]
         return self._db.execute(f"SELECT count(*) FROM hits{where}", args).fetchone()[0]
 
-    def json_batches(self, start: datetime | None, site: str | None, fields: frozenset[str] | None,
-                     date_tag: str, size: int = 1000) -> Iterator[tuple[int, bytes]]:
-        """The window's hits for the JavaScript engine, written by SQLite itself: (count, JSON array)
-        per `size` hits, each hit with only `fields` (all when None; an absent field stays absent),
-        `time` as {date_tag: milliseconds}. No hit is decoded or encoded in Python."""
-        time_json = f"json_object({_sql_text(date_tag)}, time / 1000)"
-        if fields is None or 2 * len(fields) > 100:  # SQLite functions take at most 127 arguments
-            expression = f"json_set(doc, '$._id', id, '$.time', {time_json})"
-        else:
-            parts = []
-            for name in sorted(fields):
-                value = {"_id": "id", "time": time_json}.get(name, f"doc -> {_sql_text(_json_path(name))}")
-                parts += [_sql_text(name), value]
-            # json_patch drops the members that are null: fields the hit does not have.
-            expression = f"json_patch('{{}}', json_object({', '.join(parts)}))" if parts else "'{}'"
-        where, args = self._where(start, None, site)
-        cursor = self._db.execute(f"SELECT {expression} FROM hits{where}", args)
-        while rows := cursor.fetchmany(size):
-            yield len(rows), ("[" + ",".join(row[0] for row in rows) + "]").encode()
+    def hit_source(self, start: datetime | None, site: str | None, fields: frozenset[str] | None) -> "SQLiteHits":
+        """The window's hits for map/reduce workers that read the file themselves (see SQLiteHits)."""
+        return SQLiteHits.plan(self._db, self.path, None if start is None else to_us(start), site, fields)
 
     def pageviews_by_page(self, start: datetime | None = None,
                           site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -270,3 +246,186 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class SQLiteHits:
+    """A window of hits that map/reduce workers read themselves (a mongol.mapreduce.HitSource).
+
+    Each worker opens the file read-only (WAL lets readers run beside the writer) and has SQLite
+    concatenate the raw `doc` texts of `batch` hits at a time: no JSON is parsed in SQLite or decoded
+    in Python, so each hit is parsed once, by JavaScript. The parent hands out parts of
+    `part_batches` batches, cut one of two ways:
+
+    - by rowid (`rows` is the table's first and last rowid), when most of the table is in the window:
+      the workers scan the table in rowid order and skip the rows outside the window, which costs far
+      less than going through an index, and the parent reads nothing to cut the parts;
+    - by time, when the window is a small share of the table: the parent walks the time index (or
+      the site's) to find the time every `batch` hits, and the workers read through that index.
+
+    The hits read are those of the window up to the latest time stored when the source was made (and,
+    by rowid, no later row): the workers read in several transactions, so a hit removed or replayed
+    meanwhile by another process may or may not be seen.
+    """
+
+    #: Read by rowid when at least this share of the rowids from first to last (sampled) are hits in
+    #: the window: a scan by rowid then reads little besides them.
+    ROWID_SHARE = 0.5
+    SAMPLES, SAMPLE_ROWS = 16, 64
+
+    def __init__(self, path: str, site: str | None, start_us: int | None, end_us: int | None,
+                 fields: frozenset[str] | None, rows: tuple[int, int] | None = None, share: float = 1.0,
+                 batch: int = 1000, part_batches: int = 10) -> None:
+        self.path = path
+        self.site = site
+        self.start_us = start_us
+        #: One past the latest time when the source was made; None when there are no hits.
+        self.end_us = end_us
+        #: None, or the hit fields the mapper can see: `_id` and `time` are left out unless named.
+        self.fields = fields
+        #: (first, last) rowid to read by rowid, else None to read by time; the share of rowids in the window.
+        self.rows = rows
+        self.share = share
+        #: At most how many hits per batch (as mongol.mapreduce.BATCH_SIZE), batches per part.
+        self.batch = batch
+        self.part_batches = part_batches
+        self._db: sqlite3.Connection | None = None  # the store's connection in the parent, the worker's own in one
+
+    @classmethod
+    def plan(cls, db: sqlite3.Connection, path: str, start_us: int | None, site: str | None,
+             fields: frozenset[str] | None) -> "SQLiteHits":
+        """The source for a window, its way of reading chosen from a sample of the table's rows."""
+        source = cls(path, site, start_us, None, fields)
+        source._db = db
+        where, args = source._where(start_us, None)
+        latest = db.execute(f"SELECT max(time) FROM hits{where}", args).fetchone()[0]
+        if latest is None:
+            return source
+        source.end_us = latest + 1
+        first = db.execute("SELECT min(rowid) FROM hits").fetchone()[0]
+        last = db.execute("SELECT max(rowid) FROM hits").fetchone()[0]
+        condition, args = source._condition(start_us, source.end_us)
+        step = max((last - first + 1) // cls.SAMPLES, cls.SAMPLE_ROWS)
+        slots = matching = 0
+        for low in range(first, last + 1, step):
+            high = min(low + cls.SAMPLE_ROWS, last + 1)
+            m = db.execute(f"SELECT total({condition}) FROM hits NOT INDEXED WHERE rowid >= ? AND rowid < ?",
+                           [*args, low, high]).fetchone()[0]
+            slots, matching = slots + high - low, matching + int(m)
+        source.share = matching / slots
+        if source.share >= cls.ROWID_SHARE:
+            source.rows = (first, last)
+        return source
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_db": None}
+
+    def _condition(self, low: int | None, high: int | None, after: bool = False) -> tuple[str, list]:
+        clauses, args = [], []
+        if self.site is not None:
+            clauses.append("site = ?")
+            args.append(self.site)
+        if low is not None:
+            clauses.append("time > ?" if after else "time >= ?")
+            args.append(low)
+        if high is not None:
+            clauses.append("time < ?")
+            args.append(high)
+        return " AND ".join(clauses) or "1", args
+
+    def _where(self, low: int | None, high: int | None, after: bool = False) -> tuple[str, list]:
+        condition, args = self._condition(low, high, after)
+        return " WHERE " + condition, args
+
+    def count(self) -> int:
+        if self.end_us is None:
+            return 0
+        where, args = self._where(self.start_us, self.end_us)
+        return self._db.execute(f"SELECT count(*) FROM hits{where}", args).fetchone()[0]
+
+    def parts(self) -> Iterator[tuple[int, list]]:
+        """By rowid, [first, end): the rows first <= rowid < end, in batches of `batch` rowids.
+        By time, [t0, t1, ..., tn]: batch i is the hits with t(i) <= time < t(i+1) (t0 None: no lower
+        bound); a batch holds `batch` hits, the last one fewer, and more only when more than `batch`
+        hits share one time (the worker then cuts it)."""
+        if self.end_us is None:
+            return
+        if self.rows is not None:
+            first, last = self.rows
+            span = self.batch * self.part_batches
+            for low in range(first, last + 1, span):
+                end = min(low + span, last + 1)
+                yield round((end - low) * self.share), [low, end]
+            return
+        low = self.start_us
+        bounds: list[int | None] = [low]
+        while True:
+            # The time `batch` hits after `low`, strictly after so that batches always advance.
+            where, args = self._where(low, self.end_us, after=True)
+            row = self._db.execute(f"SELECT time FROM hits{where} ORDER BY time LIMIT 1 OFFSET ?",
+                                   [*args, self.batch - 1]).fetchone()
+            if row is None:
+                bounds.append(self.end_us)
+                yield self.batch * (len(bounds) - 1), bounds
+                return
+            low = row[0]
+            bounds.append(low)
+            if len(bounds) > self.part_batches:
+                yield self.batch * (len(bounds) - 1), bounds
+                bounds = [low]
+
+    def _connect(self) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+
+    def read(self, part: list) -> Iterator[tuple[int, str, bool]]:
+        """The hits of one part, as mongol.mapreduce.HitSource.read describes: the docs as stored,
+        with `_id` and `time` (milliseconds, as SQLite divides) only when the mapper may see them."""
+        want_id = self.fields is None or "_id" in self.fields
+        want_time = self.fields is None or "time" in self.fields
+        columns = ", ".join(["count(*)", "group_concat(doc)"] + ["json_group_array(id)"] * want_id
+                            + ["json_group_array(time / 1000)"] * want_time)
+        try:
+            if self._db is None:
+                self._db = self._connect()
+            if self.rows is not None:
+                condition, args = self._condition(self.start_us, self.end_us)
+                for low in range(part[0], part[1], self.batch):
+                    row = self._db.execute(f"SELECT {columns} FROM hits NOT INDEXED WHERE rowid >= ? AND rowid < ? "
+                                           f"AND {condition}", [low, min(low + self.batch, part[1]), *args]).fetchone()
+                    if row[0]:
+                        yield _batch(row, want_id, want_time)
+                return
+            for low, high in pairwise(part):
+                where, args = self._where(low, high)
+                row = self._db.execute(f"SELECT {columns} FROM (SELECT doc, id, time FROM hits{where} "
+                                       f"LIMIT {self.batch + 1})", args).fetchone()
+                if row[0] > self.batch:  # many hits at one time: cut them into batches here
+                    yield from self._fetch(where, args, want_id, want_time)
+                elif row[0]:
+                    yield _batch(row, want_id, want_time)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the SQLite store {self.path}: {exc}") from exc
+
+    def _fetch(self, where: str, args: list, want_id: bool, want_time: bool) -> Iterator[tuple[int, str, bool]]:
+        columns = ", ".join(["doc"] + ["id"] * want_id + ["time / 1000"] * want_time)
+        cursor = self._db.execute(f"SELECT {columns} FROM hits{where}", args)
+        while rows := cursor.fetchmany(self.batch):
+            values = list(zip(*rows, strict=True))
+            docs = ",".join(values[0])
+            ids = orjson.dumps(values[1]).decode() if want_id else "null"
+            times = orjson.dumps(values[-1]).decode() if want_time else "null"
+            yield len(rows), f"[[{docs}],{ids},{times}]", _tagged(docs)
+
+
+def _batch(row: tuple, want_id: bool, want_time: bool) -> tuple[int, str, bool]:
+    """A batch from (count, docs, [ids JSON], [times JSON]) as SQLite aggregated them."""
+    count, docs, *rest = row
+    ids = rest.pop(0) if want_id else "null"
+    times = rest.pop(0) if want_time else "null"
+    return count, f"[[{docs}],{ids},{times}]", _tagged(docs)
+
+
+def _tagged(docs: str) -> bool:
+    """Whether JSON text may hold a tag (a key starting with NUL, which JSON writes \\u0000). A backslash
+    is looked for first: much quicker, and most hits have none."""
+    return "\\" in docs and "\\u0000" in docs
