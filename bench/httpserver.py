@@ -18,7 +18,6 @@ import argparse
 import collections
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixel import BenchError, WrkResult, cpu_model, cpu_seconds, find_tool, parse_wrk, stop_group
+from pixel import BenchError, WrkResult, cpu_model, cpu_seconds, find_tool, parse_wrk, sigterm_as_exit, stop_group
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -202,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive, default=2, help="rounds of pywsgi then mongol (default 2)")
     parser.add_argument("--py-spy", metavar="FILE", help="also profile mongol's server with py-spy into FILE")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        with contextlib.ExitStack() as stack:
+        with sigterm_as_exit(), contextlib.ExitStack() as stack:
             return benchmark(args, stack)
     except BenchError as exc:
         print(f"httpserver.py: error: {exc}", file=sys.stderr)
@@ -212,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("httpserver.py: interrupted, servers stopped", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

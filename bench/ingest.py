@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from pixel import BenchError, store_count, wait_until
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 600.0  # the writer may be far behind after a flood: let it store everything
@@ -42,10 +44,6 @@ AGENTS = [
     "Version/18.1 Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
 ]
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
 
 
 def datagrams(count: int = 1000) -> list[bytes]:
@@ -75,13 +73,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
-    return result
+def rx_queue(port: int) -> int:
+    """Bytes waiting in the receive buffer of the UDP socket bound to `port` on loopback."""
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return int(fields[4].split(":")[1], 16)
+    raise BenchError(f"no UDP socket on port {port}")
 
 
 def start_ingest(db_uri: str, folder: Path) -> tuple[subprocess.Popen, int, Path]:
@@ -101,7 +99,7 @@ def start_ingest(db_uri: str, folder: Path) -> tuple[subprocess.Popen, int, Path
         found = re.search(r"listening on udp://[^:]+:(\d+) ", log.read_text(errors="replace"))
         return int(found.group(1)) if found else None
 
-    return proc, wait_for(port, START_TIMEOUT, "mongol-ingest to listen"), log
+    return proc, wait_until(port, START_TIMEOUT, "mongol-ingest to listen"), log
 
 
 def blast(port: int, rate: int, duration: float, lines: list[bytes]) -> tuple[int, float]:
@@ -127,16 +125,6 @@ def blast(port: int, rate: int, duration: float, lines: list[bytes]) -> tuple[in
     return sent, elapsed
 
 
-def count_stored(db_uri: str) -> int:
-    from mongol.stores import open_store
-
-    store = open_store(db_uri)
-    try:
-        return store.count()
-    finally:
-        store.close()
-
-
 def one_run(rate: int, duration: float, db_base: str | None, lines: list[bytes]) -> dict:
     with tempfile.TemporaryDirectory(prefix="mongol-ingest-bench-") as tmp:
         folder = Path(tmp)
@@ -149,7 +137,7 @@ def one_run(rate: int, duration: float, db_base: str | None, lines: list[bytes])
             drops_before, cpu_before = udp_rcvbuf_errors(), cpu_seconds(proc.pid)
             sent, elapsed = blast(port, rate, duration, lines)
             # mongol-ingest may still be working through its socket buffer: wait until it has taken it all
-            time.sleep(0.5)
+            wait_until(lambda: rx_queue(port) == 0, START_TIMEOUT, "mongol-ingest to read its socket buffer")
             cpu_after = cpu_seconds(proc.pid)
             drops = udp_rcvbuf_errors() - drops_before
             stopping = time.monotonic()
@@ -164,7 +152,7 @@ def one_run(rate: int, duration: float, db_base: str | None, lines: list[bytes])
         if code != 0:
             raise BenchError(f"mongol-ingest exited with {code}:\n{text}")
         received, spooled = map(int, re.search(r"(\d+) datagrams received, (\d+) hits spooled", text).groups())
-        stored = count_stored(db_uri)
+        stored = store_count(db_uri)
         if db_base:
             from pymongo import MongoClient
 

@@ -386,13 +386,15 @@ def test_runaway_memory_hits_the_memory_limit():
     assert time.monotonic() - started < 15  # CPU time, so allow for a busy machine
 
 
-def test_a_killed_worker_fails_the_run_promptly():
+BUSY_MAPPER = "function () { var t = Date.now(); while (Date.now() - t < 30000) {} }"
+
+
+def assert_a_killed_worker_fails_the_run_promptly(run_map_reduce):
     outcome = {}
 
     def run():
         try:
-            map_reduce(make_hits(10), "function () { var t = Date.now(); while (Date.now() - t < 30000) {} }", SUM,
-                       limits=Limits(cpu_seconds=60))
+            run_map_reduce()
         except MapReduceError as exc:
             outcome["error"] = exc
 
@@ -401,7 +403,6 @@ def test_a_killed_worker_fails_the_run_promptly():
     deadline = time.monotonic() + 10
     while not multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # let it start working
     (worker,) = multiprocessing.active_children()
     started = time.monotonic()
     os.kill(worker.pid, signal.SIGKILL)
@@ -409,6 +410,11 @@ def test_a_killed_worker_fails_the_run_promptly():
     assert not thread.is_alive()
     assert time.monotonic() - started < 5
     assert "killed by signal 9" in str(outcome["error"])
+
+
+def test_a_killed_worker_fails_the_run_promptly():
+    assert_a_killed_worker_fails_the_run_promptly(
+        lambda: map_reduce(make_hits(10), BUSY_MAPPER, SUM, limits=Limits(cpu_seconds=60)))
 
 
 # --- sandbox -------------------------------------------------------------------------------------
@@ -568,25 +574,5 @@ def test_the_cpu_limit_is_for_the_whole_run_of_a_source():
 
 
 def test_a_killed_worker_fails_a_source_run_promptly():
-    outcome = {}
-
-    def run():
-        try:
-            map_reduce_source(ListSource(make_hits(10)), "function () { var t = Date.now(); "
-                              "while (Date.now() - t < 30000) {} }", SUM, limits=Limits(cpu_seconds=60))
-        except MapReduceError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # let it start working
-    (worker,) = multiprocessing.active_children()
-    started = time.monotonic()
-    os.kill(worker.pid, signal.SIGKILL)
-    thread.join(10)
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 5
-    assert "killed by signal 9" in str(outcome["error"])
+    assert_a_killed_worker_fails_the_run_promptly(
+        lambda: map_reduce_source(ListSource(make_hits(10)), BUSY_MAPPER, SUM, limits=Limits(cpu_seconds=60)))
