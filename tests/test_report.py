@@ -218,6 +218,23 @@ def test_workers_reading_sqlite_give_what_the_hits_give(tmp_path, mapper, reduce
         store.close()
 
 
+@pytest.mark.parametrize("by_rowid", [True, False])
+def test_hits_stored_after_the_run_starts_wait_for_the_next(tmp_path, by_rowid):
+    store = open_store(f"sqlite://{tmp_path}/hits.db")
+    try:
+        store.insert_many([hit(timedelta(minutes=i + 1)) for i in range(100)])
+        source = store.hit_source(None, None, None)
+        assert source.rows is not None  # the whole table: read by rowid unless told otherwise
+        if not by_rowid:
+            source.rows = None
+        store.insert_many([hit(timedelta(seconds=-i - 1)) for i in range(50)])  # newer, stored as the run starts
+        assert store.count() == 150
+        by_url = map_reduce_source(source, "function () { emit(this.url, 1); }", DEFAULT_REDUCER, workers=2)
+        assert by_url == [("/", 100)]
+    finally:
+        store.close()
+
+
 def report_spec(mapper: str, window: timedelta | None = None) -> ReportSpec:
     return ReportSpec(name="s", output=Path("/nonexistent"), window=window, site=None, callback="results", limit=0,
                       descending=True, mapper=mapper, reducer=DEFAULT_REDUCER, finalize=None, pipeline=None,
