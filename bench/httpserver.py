@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixel import BenchError, WrkResult, cpu_model, cpu_seconds, find_tool, parse_wrk, sigterm_as_exit, stop_group
+from pixel import BenchError, WrkResult, cpu_model, cpu_seconds, find_tool, parse_wrk, run_benchmark, stop_group
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -200,16 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=positive, default=50, help="wrk keep-alive connections (default 50)")
     parser.add_argument("--rounds", type=positive, default=2, help="rounds of pywsgi then mongol (default 2)")
     parser.add_argument("--py-spy", metavar="FILE", help="also profile mongol's server with py-spy into FILE")
-    args = parser.parse_args(argv)
-    try:
-        with sigterm_as_exit(), contextlib.ExitStack() as stack:
-            return benchmark(args, stack)
-    except BenchError as exc:
-        print(f"httpserver.py: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("httpserver.py: interrupted, servers stopped", file=sys.stderr)
-        return 130
+    return run_benchmark("httpserver.py", benchmark, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -513,17 +513,22 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_benchmark(name: str, benchmark: Callable[[argparse.Namespace, contextlib.ExitStack], int],
+        args: argparse.Namespace) -> int:
+    """Run a benchmark that starts servers on `stack`: the exit status, every server stopped on the way out."""
     try:
         with sigterm_as_exit(), contextlib.ExitStack() as stack:
             return benchmark(args, stack)
     except BenchError as exc:
-        print(f"pixel.py: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pixel.py: interrupted, servers stopped", file=sys.stderr)
+        print(f"{name}: interrupted, servers stopped", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark("pixel.py", benchmark, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
