@@ -124,3 +124,17 @@ def test_a_hit_the_server_refuses_does_not_take_the_batch_with_it(store_uri, sto
         assert mongol.flush(20)
         assert sorted(h["url"] for h in stored(store, 3)) == ["/first", "/good-1", "/good-2"]
     assert (mongol.sent, mongol.dropped) == (3, 1)
+
+
+def test_gives_up_after_retries_with_backoff(client):
+    """Nothing listens: each of `retries` attempts fails, the waits between them double (each at
+    least half its nominal delay), and then the hit is dropped."""
+    port = free_port()  # bound, then closed: connections are refused
+    mongol = client(f"http://127.0.0.1:{port}", site="s", retries=4, backoff=0.1, max_backoff=60)
+    started = time.monotonic()
+    assert mongol.hit("/never") is True
+    assert mongol.flush(30)
+    elapsed = time.monotonic() - started
+    assert (mongol.failures, mongol.dropped, mongol.sent) == (4, 1, 0)
+    assert elapsed >= 0.5 * (0.1 + 0.2 + 0.4)  # three waits, between four attempts
+    assert elapsed < 20

@@ -141,3 +141,27 @@ def test_dnt_from_the_sending_server(serve, store):
     assert not [h for h in hits.values() if "_visitor" in h]
     assert not [h for h in hits.values() if "dnt" in h]
 
+
+
+def test_uid_says_who_the_visitor_is_before_cid_and_address(serve, store):
+    server = serve("--trusted-sender", "127.0.0.0/8")
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:131.0) Gecko/20100101 Firefox/131.0"
+    for path, fields in [
+        ("/a", {"uid": "customer-1", "cid": "c1", "ua": IPHONE, "uip": "198.51.100.7"}),
+        ("/b", {"uid": "customer-1", "cid": "c2", "ua": firefox, "uip": "203.0.113.9"}),  # same uid, all else new
+        ("/c", {"uid": "customer-2", "cid": "c1", "ua": IPHONE, "uip": "198.51.100.7"}),  # /a's but the uid
+        ("/d", {"cid": "customer-1", "ua": IPHONE, "uip": "198.51.100.7"}),  # a cid is never taken for a uid
+        ("/e", {"uid": "", "cid": "c2", "ua": IPHONE, "uip": "198.51.100.7"}),  # an empty uid: the cid decides
+        ("/f", {"cid": "c2", "ua": firefox, "uip": "203.0.113.9"}),
+    ]:
+        assert post(server, "/collect", form(v=1, tid="s", dp=path, **fields))[0] == 204
+    hits = by_url(store, 6)
+    visitor = {path: hit["_visitor"] for path, hit in hits.items()}
+    assert visitor["/a"] == visitor["/b"]
+    assert len({visitor["/a"], visitor["/c"], visitor["/d"], visitor["/e"]}) == 4
+    assert visitor["/e"] == visitor["/f"]
+    assert (hits["/b"]["_ua"], hits["/b"]["_ip"]) == (firefox, "203.0.113.0")  # ua and uip still count
+    for hit in hits.values():
+        assert not {"uid", "cid", "ua", "uip", "v"} & set(hit)
+        assert len(hit["_visitor"]) == 16 and int(hit["_visitor"], 16) >= 0  # a hash, never the id as sent
+        assert not [value for value in hit.values() if "customer-" in str(value) or str(value) in ("c1", "c2")]

@@ -5,6 +5,8 @@ Expected numbers are computed here in plain Python from the inserted hits, and c
 page shows (table cells, SVG points and bars). The screenshot lands in test-artifacts/dashboard.png.
 """
 
+import configparser
+import itertools
 import json
 import os
 import re
@@ -32,19 +34,26 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 HOSTILE_TITLE = '</script><img src=x onerror="window.__pwned=1"><b>bold</b>'
 HOSTILE_URL = "/search?q=<script>window.__pwned=2</script>"
 
-PER_HOUR = """
-mapper = function () { emit(new Date(Math.floor(this.time / 3600000) * 3600000), this.pageviews); }
-reducer = function (key, values) { return Array.sum(values); }
-"""
+
+def example_section(name: str) -> str:
+    """The options of a section of reports.cfg.example (not its DEFAULT ones), as config text."""
+    example = configparser.ConfigParser(interpolation=None)
+    assert example.read(ROOT / "reports.cfg.example")
+    return "".join(f"{k} = {v}".replace("\n", "\n    ") + "\n" for k, v in example[name].items()
+                   if k not in example.defaults())
+
+
+PER_HOUR = example_section("pageviews-per-hour")  # time = days:2, order = A, limit = 0
+PER_DAY = example_section("pageviews-per-day")  # time = weeks:5: the old hits too
 CONFIG = f"""
 [DEFAULT]
 output = OUT
 time = days:2
 
-[per-hour]
-order = A
-limit = 0
+[pageviews-per-hour]
 {PER_HOUR}
+[pageviews-per-day]
+{PER_DAY}
 [top]
 
 [languages]
@@ -73,7 +82,8 @@ POPULARITY = [0, 0, 1, 0, 2, 0, 1, 3, 0, 1, 2, 4, 0, 1, 5, 0, 2, 1]  # indexes o
 
 def make_hits() -> list[dict]:
     """Two days of hits, hour by hour, of varying pages, sites, languages and pageviews; and older ones
-    (three and four days ago) that the two-day window must leave out."""
+    (three, four and eight days ago) that the two-day windows must leave out, and the five-week one count:
+    the days with no hits between them break the per-day line."""
     hits = []
     for h in range(46):
         for i in range(1 + (h * 7) % 5):
@@ -83,7 +93,7 @@ def make_hits() -> list[dict]:
             hits.append({"_id": new_id(when.timestamp()), "time": when, "site": ["a.org", "b.org", "c.org", "d.org"][
                 (h + i) % 4], "url": url, "lang": ["en", "fr", "de"][(h * 2 + i) % 3],
                 "pageviews": 2 if (h + i) % 7 == 0 else 1, **fields})
-    for days in (3, 4):
+    for days in (3, 4, 8):
         when = NOW - timedelta(days=days)
         hits.append({"_id": new_id(when.timestamp()), "time": when, "site": "old.org", "url": "/old",
                      "title": "Old", "lang": "la", "pageviews": 1})
@@ -191,6 +201,8 @@ READ_PANELS = """() => Array.from(document.querySelectorAll("section.report")).m
   headers: Array.from(s.querySelectorAll("thead th"), (th) => th.textContent),
   rows: Array.from(s.querySelectorAll("tbody tr"), (tr) => Array.from(tr.cells, (td) => td.textContent)),
   points: Array.from(s.querySelectorAll("svg circle"), (c) => [c.dataset.time, Number(c.dataset.value)]),
+  dots: Array.from(s.querySelectorAll("svg circle"), (c) => [c.getAttribute("cx"), c.getAttribute("cy")]),
+  lines: Array.from(s.querySelectorAll("svg path.line"), (p) => p.getAttribute("d")),
   bars: Array.from(s.querySelectorAll("svg .bar-row"), (g) => ({
     title: g.querySelector("title").textContent,
     label: g.querySelector(".bar-label").textContent,
@@ -234,16 +246,46 @@ def number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def check_per_hour(panel: dict, hits: list[dict]) -> None:
-    hours = pageviews_by(in_window(hits), lambda h: h["time"].replace(minute=0, second=0, microsecond=0))
-    expected = sorted(hours.items())
+def check_line(panel: dict) -> None:
+    """The points are in time order, and the line goes through every one of them: one M or L per point, at
+    the point's circle; a new path (starting with M) after each gap of more than 1.5 steps (a period with no
+    results), as the JS does."""
+    times = [datetime.fromisoformat(t) for t, _ in panel["points"]]
+    assert all(a < b for a, b in itertools.pairwise(times)), times
+    step = min(b - a for a, b in itertools.pairwise(times))
+    breaks = sum(1 for a, b in itertools.pairwise(times) if len(times) >= 3 and b - a > 1.5 * step)
+    assert len(panel["lines"]) == 1 + breaks, panel["lines"]
+    vertices = []
+    for d in panel["lines"]:
+        commands = re.findall(r"([ML])(-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)", d)
+        assert "".join(c + x + "," + y for c, x, y in commands) == d  # nothing else in the path
+        assert [c for c, _, _ in commands] == ["M"] + ["L"] * (len(commands) - 1)
+        vertices += [[x, y] for _, x, y in commands]
+    assert vertices == panel["dots"] and len(vertices) == len(times)
+    xs = [float(x) for x, _ in vertices]
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)  # left to right: earlier times first
+
+
+def check_time_series(panel: dict, expected: list[tuple[datetime, float]], label: str) -> None:
     assert panel["shape"] == "timeseries" and panel["state"] == "ok"
     assert panel["count"] == f"{len(expected)} results"
     assert [tuple(point) for point in panel["points"]] == [
         (t.strftime("%Y-%m-%dT%H:00:00.000Z"), v) for t, v in expected]
     assert panel["headers"] == ["#", "Time (UTC)", "Value"]
-    assert [(row[1], number(row[2])) for row in panel["rows"]] == [
-        (t.strftime("%Y-%m-%d %H:00 UTC"), v) for t, v in expected]
+    assert [(row[1], number(row[2])) for row in panel["rows"]] == [(t.strftime(label), v) for t, v in expected]
+    check_line(panel)
+
+
+def check_per_hour(panel: dict, hits: list[dict]) -> None:
+    hours = pageviews_by(in_window(hits), lambda h: h["time"].replace(minute=0, second=0, microsecond=0))
+    check_time_series(panel, sorted(hours.items()), "%Y-%m-%d %H:00 UTC")
+
+
+def check_per_day(panel: dict, hits: list[dict]) -> None:
+    five_weeks = [h for h in hits if h["time"] > NOW - timedelta(weeks=5)]
+    days = pageviews_by(five_weeks, lambda h: h["time"].replace(hour=0, minute=0, second=0, microsecond=0))
+    assert len(days) >= 5  # today, yesterday, 3, 4 and 8 days ago (and the day before yesterday, early in a day)
+    check_time_series(panel, sorted(days.items()), "%Y-%m-%d 00:00 UTC")
 
 
 def check_top(panel: dict, hits: list[dict]) -> None:
@@ -278,7 +320,8 @@ def check_sites(panel: dict, hits: list[dict]) -> None:
     assert [(bar["label"], number(bar["value"])) for bar in panel["bars"]] == sites[:3]
 
 
-CHECKS = {"per-hour": check_per_hour, "top": check_top, "languages": check_languages, "sites": check_sites}
+CHECKS = {"pageviews-per-hour": check_per_hour, "pageviews-per-day": check_per_day, "top": check_top,
+          "languages": check_languages, "sites": check_sites}
 
 
 # Tests -------------------------------------------------------------------------------------------
@@ -287,7 +330,7 @@ def test_every_report_drawn_with_the_right_numbers_over_http(built, static_serve
     base = static_server(built.folder)
     visit = browser(base + "index.html")
     panels = visit.panels()
-    assert list(panels) == ["per-hour", "top", "languages", "sites"]  # the config's order
+    assert list(panels) == list(CHECKS)  # the config's order
     for name, check in CHECKS.items():
         check(panels[name], built.hits)
     generated = datetime.fromisoformat(visit.page.get_attribute("#generated", "datetime"))
