@@ -58,6 +58,7 @@ def test_unreachable_mongodb_is_one_line_and_exit_1(run):
 @pytest.mark.parametrize(("uri", "message"), [
     ("redis://x", "unknown store URI 'redis://x'"),
     ("sqlite:///proc/nope/x.db", "cannot open the SQLite store /proc/nope/x.db"),
+    ("mongodb://h:notaport/x", "bad MongoDB URI: Port contains non-digit characters"),
 ])
 def test_bad_store_is_one_line(run, uri, message):
     result = run("127.0.0.1:0", "--db", uri)

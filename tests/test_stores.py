@@ -102,6 +102,9 @@ def test_bad_uris():
         open_store("postgres://x")
     with pytest.raises(StoreError, match="cannot reach"):
         open_store("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=200")
+    for uri in ["mongodb://h:notaport/x", "mongodb://[::1/x", "mongodb://h:99999/x", "mongodb://h/in valid"]:
+        with pytest.raises(StoreError, match="^bad MongoDB URI: "):
+            open_store(uri)
     with pytest.raises(StoreError, match="cannot open the SQLite store"):
         open_store("sqlite:///proc/no/such/place.db")
 

@@ -34,7 +34,7 @@ class MongoStore:
         try:
             self._client: MongoClient = MongoClient(uri, tz_aware=True, appname="mongol", **options)
             self._db = self._client.get_default_database(DEFAULT_DATABASE)
-        except PyMongoError as exc:
+        except (PyMongoError, ValueError) as exc:  # pymongo says a bad port or host with ValueError
             raise StoreError(f"bad MongoDB URI: {exc}") from exc
         self.collection = self._db[COLLECTION]
         hosts = ",".join(f"{h}:{p}" for h, p in self._client.topology_description.server_descriptions()) or uri
