@@ -25,6 +25,10 @@ def test_address_forms(text, expected):
     assert parse_address(text) == expected
 
 
+def test_default_address_is_every_interface_port_8000():
+    assert parse_address(build_parser().parse_args([]).address) == ("0.0.0.0", 8000)
+
+
 @pytest.mark.parametrize("text", ["", "host:", "host:port", "1.2.3.4:70000", "-1", "a b:80", "::"])
 def test_bad_addresses(text):
     with pytest.raises(MongolError, match="bad address"):

@@ -76,6 +76,29 @@ def test_mongodb_documents_are_plain_hits(mongodb_base):
     assert ("time",) in names and ("site", "time") in names
 
 
+def test_mongodb_uri_without_a_database_uses_mongol_and_its_options_are_pymongos(mongodb_base):
+    from pymongo import MongoClient
+
+    hit = make_hit(0)
+    store = open_store(mongodb_base)
+    try:
+        assert "database mongol," in store.description
+        store.insert_many([hit])
+    finally:
+        store.close()
+    with MongoClient(mongodb_base) as client:
+        stored = client["mongol"]["analytics"].find_one()
+        client.drop_database("mongol")
+    assert str(stored["_id"]) == hit["_id"]
+    store = open_store(f"{mongodb_base}/mongol_options?w=majority&journal=true&serverSelectionTimeoutMS=3000")
+    try:
+        assert store.collection.write_concern.document == {"w": "majority", "j": True}
+    finally:
+        store.close()
+        with MongoClient(mongodb_base) as client:
+            client.drop_database("mongol_options")
+
+
 def test_sqlite_layout(tmp_path):
     store = open_store(f"sqlite://{tmp_path}/nested/dir/hits.db")
     store.insert_many([make_hit(0, title="x")])
@@ -103,7 +126,7 @@ def test_bad_uris():
     with pytest.raises(StoreError, match="cannot reach"):
         open_store("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=200")
     for uri in ["mongodb://h:notaport/x", "mongodb://[::1/x", "mongodb://h:99999/x", "mongodb://h/in valid"]:
-        with pytest.raises(StoreError, match="^bad MongoDB URI: "):
+        with pytest.raises(StoreError, match=r"^bad MongoDB URI: "):
             open_store(uri)
     with pytest.raises(StoreError, match="cannot open the SQLite store"):
         open_store("sqlite:///proc/no/such/place.db")
