@@ -9,13 +9,16 @@ one request, framed as RFC 3164 the way nginx frames it:
 
 (`HOSTNAME ` before the tag without `nohostname`). The JSON gives back what the pixel reads from
 a WSGI environ: the method, the query string (from `$request_uri`, as the client sent it), the
-peer address, Referer, User-Agent and X-Forwarded-For. `hit_from_environ` then makes the hit
-exactly as mongol-serve does, with nginx's `$msec` as its time. nginx's JSON escaping writes
+peer address, Referer, User-Agent and X-Forwarded-For, and the headers mongol.tracking heeds (DNT,
+Sec-GPC, and Sec-Purpose, Purpose, X-Purpose, X-Moz for prefetches). The tracker then makes the hit
+exactly as mongol-serve does, with nginx's `$msec` as its time. A line without the header keys (the
+log_format before they were added) reads as a request without those headers. nginx's JSON escaping writes
 bytes of 0x80 and above as they are, so the message is decoded as latin-1: every string comes
 out as a WSGI string (bytes as code points), which is what `hit_from_environ` expects.
 
 Which lines become hits: GET requests nginx answered 2xx or 304 (mongol-serve records GET only; a
-HEAD is answered but not recorded). A line mongol-serve would have answered 400 or 414 is counted
+HEAD is answered but not recorded), except a browser's prefetch, which mongol-serve answers without
+recording it either (counted as such). A line mongol-serve would have answered 400 or 414 is counted
 and dropped; so is a datagram that is not such a line.
 """
 
@@ -31,14 +34,19 @@ from typing import Any
 import orjson
 
 from mongol.hit import Hit, Network, RequestError, hit_from_environ
+from mongol.tracking import is_prefetch
 
 log = logging.getLogger("mongol.ingest")
 
 MAX_DATAGRAM = 65535
 RECEIVE_BUFFER = 32 * 1024 * 1024  # asked for; Linux grants at most net.core.rmem_max (doubled)
 COMPLAIN_EVERY = 60.0  # seconds between two log lines about dropped lines of one kind
-FIELDS = ("time", "addr", "method", "uri", "status")  # required; "referer", "ua" and "xff" may be empty
-HEADERS = (("HTTP_REFERER", "referer"), ("HTTP_USER_AGENT", "ua"), ("HTTP_X_FORWARDED_FOR", "xff"))
+FIELDS = ("time", "addr", "method", "uri", "status")  # required; the HEADERS may be empty or absent
+HEADERS = (("HTTP_REFERER", "referer"), ("HTTP_USER_AGENT", "ua"), ("HTTP_X_FORWARDED_FOR", "xff"),
+           ("HTTP_DNT", "dnt"), ("HTTP_SEC_GPC", "gpc"),  # opted out: no visitor id (mongol.tracking)
+           ("HTTP_SEC_PURPOSE", "sec_purpose"), ("HTTP_PURPOSE", "purpose"),  # a prefetch: no hit
+           ("HTTP_X_PURPOSE", "x_purpose"), ("HTTP_X_MOZ", "x_moz"))
+HOUSEKEEP_EVERY = 1.0  # seconds: how often `run` calls `idle` while datagrams keep coming
 
 # <PRI>Mmm dd hh:mm:ss [HOSTNAME ]TAG: (nginx's tags are letters, digits and _, at most 32)
 _SYSLOG_HEADER = re.compile(rb"<\d{1,3}>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d (?:\S+ )?\w{1,32}: ")
@@ -116,7 +124,8 @@ class Ingest:
     tracker: Any = None  # mongol.tracking.Tracker: visitor ids and address rules, as mongol-serve's
     received: int = 0   # datagrams
     spooled: int = 0    # hits appended to the spool
-    ignored: int = 0    # lines that are no hit for mongol-serve either: HEAD, other methods, errors
+    ignored: int = 0    # lines that are no hit for mongol-serve either: HEAD, other methods, errors, opted out
+    prefetched: int = 0  # browsers' prefetches: answered by nginx, no page view (mongol-serve skips them too)
     rejected: int = 0   # lines mongol-serve would have answered 400 or 414
     malformed: int = 0  # datagrams that are not nginx lines in Mongol's format
     refused: int = 0    # hits the spool could not take (disk full for long): lost
@@ -133,13 +142,17 @@ class Ingest:
             if not is_pixel_hit(entry):
                 self.ignored += 1
                 return
+            environ = environ_from_entry(entry)
             if self.tracker is None:
-                hit = hit_from_environ(environ_from_entry(entry), self.trusted, time_us(entry))
+                hit = hit_from_environ(environ, self.trusted, time_us(entry))
             else:
-                hit = self.tracker.make(environ_from_entry(entry), time_us(entry))[0]
+                hit = self.tracker.make(environ, time_us(entry))[0]
                 if hit is None:  # opted out, with --dnt skip
                     self.ignored += 1
                     return
+            if is_prefetch(environ):  # after the checks: a bad prefetch is refused, as by mongol-serve
+                self.prefetched += 1
+                return
         except RequestError as exc:
             self.rejected += 1
             self._complaints["rejected"](f"{exc.status}, {exc}: {entry['uri'][:200]!r} from {entry['addr']}")
@@ -156,7 +169,18 @@ class Ingest:
     def summary(self) -> str:
         return (f"{self.received} datagrams received, {self.spooled} hits spooled, {self.rejected} lines "
                 f"mongol-serve would have refused, {self.ignored} not pixel hits (HEAD, other methods, errors), "
-                f"{self.malformed} malformed, {self.refused} lost (spool full)")
+                f"{self.prefetched} prefetches (no page view), {self.malformed} malformed, "
+                f"{self.refused} lost (spool full)")
+
+    def housekeep(self) -> None:
+        """What mongol-serve does every second, for `run` to call (idle or not): start a new spool
+        segment if the current one is old, hand held hits to the spool once it takes them (when
+        `record` is a journal Recorder), and delete old salts (Tracker.housekeep, once a minute)."""
+        retry = getattr(self.record, "retry", None)
+        if retry is not None:
+            retry()
+        if self.tracker is not None:
+            self.tracker.housekeep()
 
 
 def open_udp(host: str, port: int, poll: float = 0.5) -> socket.socket:
@@ -181,18 +205,26 @@ def receive_buffer(sock: socket.socket) -> int:
 
 
 def run(sock: socket.socket, handle: Callable[[bytes], None], keep_going: Callable[[], bool],
-        idle: Callable[[], None] = lambda: None) -> None:
+        idle: Callable[[], None] = lambda: None, every: float = HOUSEKEEP_EVERY) -> None:
     """Hand every datagram to `handle` until `keep_going()` is false (it is asked between
-    datagrams and at least every `poll` seconds), then hand over those already queued."""
+    datagrams and at least every `poll` seconds), then hand over those already queued. `idle` is
+    called when nothing came for `poll` seconds, and at least every `every` seconds while datagrams
+    keep coming."""
     recv = sock.recv
+    monotonic = time.monotonic
+    due = monotonic() + every
     while keep_going():
         try:
             data = recv(MAX_DATAGRAM)
         except BlockingIOError:  # SO_RCVTIMEO: nothing came for a while
             idle()
+            due = monotonic() + every
             continue
         if data:
             handle(data)
+        if monotonic() >= due:  # busy: never a timeout, so never idle
+            idle()
+            due = monotonic() + every
     sock.setblocking(False)
     while True:
         try:

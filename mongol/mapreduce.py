@@ -626,6 +626,16 @@ _F8 = struct.Struct("<d")
 _F8U4 = struct.Struct("<dI")
 
 
+# How the binding shows a thrown null (a thrown "null" string reads "null\nundefined"). QuickJS throws
+# null itself when it runs out of memory so completely that it cannot even allocate the error object,
+# and the memory is freed again by the time the exception arrives, so nothing in the engine tells the
+# two apart afterwards. A null can only come from the user's code through a `throw` (or a generator's
+# throw()), or through code it builds at run time (eval, Function, a function's constructor): a null
+# from functions whose source names none of these is the engine running out of memory.
+_THROWN_NULL = "null\n"
+_MAY_THROW = re.compile(r"\b(?:throw|eval|Function|constructor)\b")
+
+
 class _Fatal(Exception):
     """Raised inside a worker for an error to report to the parent."""
 
@@ -644,6 +654,8 @@ class _Engine:
         self.limits = limits
         self.used = 0.0
         self.allowance = limits.cpu_seconds
+        # A null exception means out of memory unless the user's code itself can throw one.
+        self.may_throw_null = any(source is not None and _MAY_THROW.search(source) for source in sources)
         self.ctx = quickjs.Context()
         self.ctx.set_memory_limit(limits.memory_mb * 1024 * 1024)
         self.ctx.eval(_DRIVER)
@@ -684,9 +696,14 @@ class _Engine:
             text = str(exc)
             if text.startswith("InternalError: interrupted"):
                 raise _Fatal("run", option, self._cpu_message(option)) from None
-            if "out of memory" in text.split("\n", 1)[0]:
+            # Out of memory, QuickJS throws InternalError("out of memory"), or null when even that
+            # error cannot be allocated (the usual case when many small allocations fill the limit).
+            if "out of memory" in text.split("\n", 1)[0] or (text == _THROWN_NULL and not self.may_throw_null):
                 raise _Fatal("run", option, f"{option} exceeded the memory limit of {self.limits.memory_mb} MB "
                                             f"(JavaScript memory per worker)") from None
+            if text == _THROWN_NULL:  # the user's code may have thrown it, or the engine ran out of memory
+                raise _Fatal("run", option, f"{option} failed: uncaught exception: null (or it exceeded the "
+                                            f"memory limit of {self.limits.memory_mb} MB)") from None
             if compiling:
                 raise _Fatal("compile", option, f"{option} does not evaluate to a function: "
                                                 f"{_js_error_text(exc)}") from None

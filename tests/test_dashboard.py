@@ -394,6 +394,7 @@ def test_failed_sections_missing_and_stale_files(tmp_path, static_server, browse
 
 
 def test_dry_run_and_config_errors_write_no_dashboard(tmp_path):
+    open_store(f"sqlite://{tmp_path}/hits.db").close()
     config = tmp_path / "reports.cfg"
     config.write_text(f"[s]\noutput = {tmp_path}/out\n")
     assert report(config, f"sqlite://{tmp_path}/hits.db", "--dry-run").returncode == 0
@@ -406,6 +407,7 @@ def test_a_foreign_index_html_is_never_replaced(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "index.html").write_text("<h1>my own page</h1>\n")
+    open_store(f"sqlite://{tmp_path}/hits.db").close()
     config = tmp_path / "reports.cfg"
     config.write_text(f"[s]\noutput = {out}\n")
     result = report(config, f"sqlite://{tmp_path}/hits.db")

@@ -17,9 +17,10 @@ from PIL import Image
 from mongol.app import GIF, NO_CACHE
 from mongol.cli.ingest import ingest_spool, parse_listen
 from mongol.hit import RequestError
-from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, parse_datagram, time_us
+from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, open_udp, parse_datagram, run, time_us
 from mongol.location import default_spool
 from mongol.stores import open_store
+from mongol.tracking import Salts, Tracker, Tracking
 from tests.conftest import BIN, START_TIMEOUT, Server, launch, raw_request, stop_all, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -63,6 +64,9 @@ def line(entry: str, header: bytes = b"<190>Nov 22 10:00:00 mongol: ") -> bytes:
 
 ENTRY = ('{"time":"1795860000.123","addr":"203.0.113.7","method":"GET","uri":"/p.gif?title=Home",'
          '"status":"200","referer":"https://www.example.com/blog/post?id=3","ua":"Mozilla/5.0","xff":""}')
+# The same request in today's log_format, which also carries the headers mongol.tracking reads.
+PRIVACY_KEYS = '"dnt":"","gpc":"","sec_purpose":"","purpose":"","x_purpose":"","x_moz":""'
+ENTRY_NOW = ENTRY[:-1] + "," + PRIVACY_KEYS + "}"
 
 
 # Datagrams, without nginx --------------------------------------------------------------------------
@@ -74,6 +78,57 @@ def test_a_line_becomes_the_environ_the_pixel_reads():
     assert environ_from_entry(entry) == {
         "REQUEST_METHOD": "GET", "PATH_INFO": "/p.gif", "QUERY_STRING": "title=Home", "REMOTE_ADDR": "203.0.113.7",
         "HTTP_REFERER": "https://www.example.com/blog/post?id=3", "HTTP_USER_AGENT": "Mozilla/5.0"}
+
+
+def test_the_privacy_and_prefetch_headers_reach_the_environ_and_old_lines_still_parse():
+    old = parse_datagram(line(ENTRY))  # a line of the log_format before these keys: no such header
+    assert not {"HTTP_DNT", "HTTP_SEC_GPC", "HTTP_SEC_PURPOSE", "HTTP_PURPOSE"} & set(environ_from_entry(old))
+    empty = parse_datagram(line(ENTRY_NOW))  # nginx logs a header the request lacks as ""
+    assert environ_from_entry(empty) == environ_from_entry(old)
+    full = ENTRY_NOW
+    for key, value in [("dnt", "1"), ("gpc", "1"), ("sec_purpose", "prefetch;prerender"), ("purpose", "prefetch"),
+                       ("x_purpose", "preview"), ("x_moz", "prefetch")]:
+        full = full.replace(f'"{key}":""', f'"{key}":"{value}"')
+    assert environ_from_entry(parse_datagram(line(full))) == {
+        **environ_from_entry(old), "HTTP_DNT": "1", "HTTP_SEC_GPC": "1", "HTTP_SEC_PURPOSE": "prefetch;prerender",
+        "HTTP_PURPOSE": "prefetch", "HTTP_X_PURPOSE": "preview", "HTTP_X_MOZ": "prefetch"}
+
+
+def test_opt_outs_and_prefetches_as_mongol_serve_treats_them(tmp_path):
+    now = ENTRY_NOW.replace("1795860000.123", f"{time.time():.3f}")  # a day whose salt exists
+    hits = []
+    ingest = Ingest(lambda hit: hits.append(hit) or True, tracker=Tracker(Tracking(), Salts(tmp_path)))
+    ingest(line(now))
+    ingest(line(now.replace('"dnt":""', '"dnt":"1"')))
+    ingest(line(now.replace('"gpc":""', '"gpc":"1"')))
+    ingest(line(now.replace('"dnt":""', '"dnt":"0"')))
+    ingest(line(ENTRY.replace("1795860000.123", f"{time.time():.3f}")))  # the old format: no opt-out known
+    for key, value in [("sec_purpose", "prefetch"), ("purpose", "prefetch"), ("x_purpose", "preview"),
+                       ("x_moz", "prefetch"), ("sec_purpose", "prefetch;prerender")]:
+        ingest(line(now.replace(f'"{key}":""', f'"{key}":"{value}"')))
+    ingest(line(now.replace('"sec_purpose":""', '"sec_purpose":"prefetch"').replace(  # refused before all else
+        '"https://www.example.com/blog/post?id=3"', '""')))
+    assert (ingest.received, ingest.spooled, ingest.prefetched, ingest.rejected, ingest.ignored) == (11, 5, 5, 1, 0)
+    assert [len(hit.get("_visitor", "")) for hit in hits] == [16, 0, 0, 16, 16]
+    assert hits[0]["_visitor"] == hits[3]["_visitor"] == hits[4]["_visitor"]
+    assert {hit["_ip"] for hit in hits} == {"203.0.113.0"}
+    assert ", 5 prefetches (no page view), " in ingest.summary()
+    skipping = Ingest(lambda hit: True, tracker=Tracker(Tracking(dnt="skip"), Salts(tmp_path)))
+    skipping(line(now.replace('"gpc":""', '"gpc":"1"')))
+    assert (skipping.spooled, skipping.ignored) == (0, 1)
+
+
+def test_run_calls_idle_every_second_even_while_busy():
+    sock = open_udp("127.0.0.1", 0, poll=30)  # no timeout in this test: only the busy path calls idle
+    handled, idled = [], []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(3):
+                sender.sendto(b"%d" % i, sock.getsockname())
+        run(sock, handled.append, lambda: len(handled) < 3, idle=lambda: idled.append(len(handled)), every=0)
+    finally:
+        sock.close()
+    assert handled == [b"0", b"1", b"2"] and idled == [1, 2, 3]
 
 
 @pytest.mark.parametrize("header", [b"<190>Nov 22 10:00:00 mongol: ", b"<190>Nov  2 10:00:00 mongol: ",
@@ -254,9 +309,15 @@ REQUESTS = [
     (13, b"GET", b"/pixel.gif?site=a&url=/&n=13&pad=" + b"x" * 8000, b"", 414),
     (14, b"HEAD", b"/pixel.gif?site=a&url=/head&n=14", b"", 200),
     (15, b"POST", b"/pixel.gif?site=a&url=/post&n=15", b"Content-Length: 0\r\n", 405),
+    (17, b"GET", b"/pixel.gif?site=a&url=/dnt&n=17", b"DNT: 1\r\nUser-Agent: agent\r\n", 200),
+    (18, b"GET", b"/pixel.gif?site=a&url=/gpc&n=18", b"Sec-GPC: 1\r\nUser-Agent: agent\r\n", 200),
+    (19, b"GET", b"/pixel.gif?site=a&url=/prefetch&n=19", b"Sec-Purpose: prefetch;prerender\r\n", 200),
+    (20, b"GET", b"/pixel.gif?site=a&url=/purpose&n=20", b"Purpose: prefetch\r\n", 200),
+    (21, b"GET", b"/pixel.gif?site=a&url=/not-opted-out&n=21", b"DNT: 0\r\nUser-Agent: agent\r\n", 200),
     (16, b"GET", b"/pixel.gif?site=a&url=/last&n=16", b"", 200),
 ]
-STORED = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16}
+STORED = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 21}
+OPTED_OUT = {17, 18}  # no visitor id
 
 
 def by_n(store) -> dict[str, dict]:
@@ -284,7 +345,8 @@ def test_requests_to_nginx_become_the_hits_mongol_serve_stores(store_uri, store,
         mine, theirs = dict(ingested[n]), dict(served[n])
         assert len(mine.pop("_id")) == len(theirs.pop("_id")) == 24
         assert abs(mine.pop("time") - theirs.pop("time")) < timedelta(seconds=5)
-        assert len(mine.pop("_visitor")) == len(theirs.pop("_visitor")) == 16  # salts of two spool folders
+        visitor = 0 if int(n) in OPTED_OUT else 16  # ids differ: salts of two spool folders
+        assert len(mine.pop("_visitor", "")) == len(theirs.pop("_visitor", "")) == visitor, n
         assert mine == theirs, n
     assert ingested["1"]["site"] == "www.example.com" and ingested["1"]["url"] == "/blog/post?id=3&x=y"
     assert ingested["1"]["_ua"] == "Mozilla/5.0 (X11) Test/1.0" and ingested["1"]["_ip"] == "127.0.0.0"
@@ -296,8 +358,8 @@ def test_requests_to_nginx_become_the_hits_mongol_serve_stores(store_uri, store,
     assert "dropped a line that mongol-serve would have refused: 400 Bad Request, missing site and url" in log
     assert log.count("dropped a line") == 1  # at most once a minute
     assert ingester.signal(timeout=60) == 0
-    assert "16 datagrams received, 10 hits spooled, 4 lines mongol-serve would have refused, 2 not pixel hits" \
-        in ingester.log()
+    assert "21 datagrams received, 13 hits spooled, 4 lines mongol-serve would have refused, 2 not pixel hits " \
+           "(HEAD, other methods, errors), 2 prefetches (no page view), 0 malformed" in ingester.log()
 
 
 def test_nginx_answers_the_pixel_as_mongol_serve_does(start_ingest, start_nginx):

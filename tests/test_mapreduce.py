@@ -378,12 +378,42 @@ def test_runaway_reducer_hits_the_cpu_limit_across_workers():
     assert time.monotonic() - started < 15  # CPU time, so allow for a busy machine
 
 
-def test_runaway_memory_hits_the_memory_limit():
+OUT_OF_MEMORY = r"^mapper exceeded the memory limit of 32 MB \(JavaScript memory per worker\)$"
+
+
+@pytest.mark.parametrize(("mapper", "message"), [
+    # Large allocations: QuickJS throws InternalError("out of memory") (or null, see below).
+    ("function () { var a = []; while (true) a.push(new Array(1e6)); }", OUT_OF_MEMORY),
+    # Many small allocations fill the limit so exactly that QuickJS cannot allocate the error
+    # either and throws null instead.
+    ("function () { var a = []; while (true) a.push({x: 1}); }", OUT_OF_MEMORY),
+    ('function () { var o = {}; for (var i = 0; ; i++) o["k" + i] = i; }', OUT_OF_MEMORY),
+    # The emitted keys pile up in the worker's engine, so the mapper is the one that runs out.
+    ('function () { for (var i = 0; ; i++) emit("k" + i, i); }', OUT_OF_MEMORY),
+    # Concatenation makes ropes, so doubling a string hits the length limit rather than memory.
+    ('function () { var s = "x"; while (true) s += s; }', r"^mapper failed: InternalError: string too long$"),
+    # A null the user's code throws is not mistaken for the engine running out of memory.
+    ("function () { throw null; }",
+     r"^mapper failed: uncaught exception: null \(or it exceeded the memory limit of 32 MB\)$"),
+    ("function () { var a = []; for (var i = 0; i < 10; i++) a.push({x: i}); if (this.pageviews >= 0) throw null; }",
+     r"^mapper failed: uncaught exception: null"),
+    ("function () { emit(1, 1); function* g() { yield 1; } var it = g(); it.next(); it.throw(null); }",
+     r"^mapper failed: uncaught exception: null"),
+    ('function () { eval("throw null"); }', r"^mapper failed: uncaught exception: null"),
+], ids=["big-arrays", "small-objects", "many-keys", "many-emits", "doubling-string", "throw-null",
+        "throw-null-after-allocating", "generator-throw-null", "eval-throw-null"])
+def test_runaway_memory_hits_the_memory_limit(mapper, message):
     started = time.monotonic()
-    with pytest.raises(MapReduceError, match=r"^mapper exceeded the memory limit of 64 MB"):
-        map_reduce(make_hits(10), "function () { var a = []; while (true) a.push(new Array(1e6)); }", SUM,
-                   limits=Limits(cpu_seconds=10, memory_mb=64))
+    with pytest.raises(MapReduceError, match=message):
+        map_reduce(make_hits(10), mapper, SUM, limits=Limits(cpu_seconds=5, memory_mb=32))
     assert time.monotonic() - started < 15  # CPU time, so allow for a busy machine
+
+
+def test_a_reducer_running_out_of_memory_is_named():
+    with pytest.raises(MapReduceError, match=r"^reducer exceeded the memory limit of 32 MB"):
+        map_reduce(make_hits(10), "function () { emit(1, 1); }",
+                   "function (k, v) { var a = []; while (true) a.push({x: 1}); }",
+                   limits=Limits(cpu_seconds=5, memory_mb=32))
 
 
 BUSY_MAPPER = "function () { var t = Date.now(); while (Date.now() - t < 30000) {} }"

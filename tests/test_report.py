@@ -150,18 +150,25 @@ finalize = function (k, v) { return v.n * 10; }
 
 def test_rereduce_with_many_values_per_key(tmp_path, store_uri, store):
     store.insert_many([hit(timedelta(seconds=i), url="/hot" if i % 10 else f"/cold{i}") for i in range(6000)])
-    # Only right if reduce accepts its own output: count of values would be wrong on re-reduce.
+    # calls counts the reduce calls behind a value: above 1 only if reduce was given its own output,
+    # and views is only right then if reduce accepts it (a count of values would be wrong).
     config = write_config(tmp_path, """
 [hot]
 output = OUT
 limit = 2
-mapper = function () { emit(this.url, {views: 1}); }
-reducer = function (k, vs) { var s = 0; vs.forEach(function (v) { s += v.views; }); return {views: s}; }
+mapper = function () { emit(this.url, {views: 1, calls: 0}); }
+reducer = function (k, vs) {
+    var s = 0, calls = 0;
+    vs.forEach(function (v) { s += v.views; calls += v.calls; });
+    return {views: s, calls: calls + 1};
+  }
 """)
-    assert report(config, store_uri).returncode == 0
+    result = report(config, store_uri)  # SQLite: the workers read the file; MongoDB: the parent feeds them
+    assert result.returncode == 0, result.stderr
     rows = read_jsonp(tmp_path / "out" / "hot.json")
-    assert rows[0] == {"_id": "/hot", "value": {"views": 5400}}
-    assert rows[1]["value"] == {"views": 1}  # emitted once: not reduced
+    assert rows[0]["_id"] == "/hot" and rows[0]["value"]["views"] == 5400
+    assert rows[0]["value"]["calls"] > 1  # reduced more than once, partly on reduced values
+    assert rows[1]["value"] == {"views": 1, "calls": 0}  # emitted once: not reduced
 
 
 # The workers read SQLite themselves -------------------------------------------------------------
@@ -342,6 +349,12 @@ CONFIG_ERRORS = [
     ("[s]\noutput = OUT\nfinalize = not javascript at all\n", "[s] finalize:"),
     ("[s]\noutput = OUT\npipeline = [{$group: 1}]\n", "[s] pipeline: it is not JSON"),
     ("[s]\noutput = OUT\ncpu_limit = 0\n", "[s] cpu_limit: '0' is not a whole number of at least 1"),
+    ("[s]\noutput = OUT\nengine = bogus\n", "[s] engine: 'bogus' is not one of embedded, server"),
+    ("[s]\noutput = OUT\nmemory_limit = 8\n", "[s] memory_limit: '8' is not a whole number of at least 16"),
+    ("[s]\noutput = OUT\nmemory_limit = x\n", "[s] memory_limit: 'x' is not a whole number of at least 16"),
+    ("[s]\noutput = OUT\npipeline = {}\n", "[s] pipeline: it must be a JSON array of stages"),
+    ("[s]\noutput = OUT\npipeline = [1]\n", "[s] pipeline: it must be a JSON array of stages"),
+    ("[DEFAULT]\noutptu = OUT\n", "[DEFAULT] outptu: unknown option (did you mean output?)"),
     ("[s/x]\noutput = OUT\n", "[s/x] (section name)"),
     ("output = OUT\n", "it is not an INI file"),
     ("", "no report sections"),
@@ -357,7 +370,18 @@ def test_config_errors_are_one_line_exit_2_nothing_written(tmp_path, text, messa
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"mongol-report: {config}: ")
     assert message in lines[0]
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hits.db").exists()
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path):
+    config = tmp_path / "reports.cfg"
+    config.write_bytes(f"[s]\noutput = {tmp_path}/out\nsite = caf\u00e9.org\n".encode("latin-1"))
+    result = report(config, f"sqlite://{tmp_path}/hits.db")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"mongol-report: {config}: it is not UTF-8 text: ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hits.db").exists()
 
 
 def test_all_config_errors_are_listed(tmp_path):
@@ -413,6 +437,48 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path, store_uri, pages):
     assert (tmp_path / "out" / "s.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "dashboard.css", "dashboard.js", "index.html", "reports.js", "s.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_mistyped_sqlite_path_is_refused_before_anything_is_written(tmp_path, dry_run):
+    """Opening it would create an empty store, then publish empty reports over the good ones."""
+    good = f"sqlite://{tmp_path}/hits.db"
+    store = open_store(good)
+    store.insert_many(make_pages())
+    store.close()
+    config = write_config(tmp_path, "[s]\noutput = OUT\n")
+    assert report(config, good).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    config.write_text(config.read_text() + "[t]\n[DEFAULT]\noutput = " + str(tmp_path / "out") + "\n")
+    wrong = tmp_path / "mistyped" / "path.db"
+    result = report(config, f"sqlite://{wrong}", *(["--dry-run"] if dry_run else []))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (f"mongol-report: no SQLite store at {wrong}: mongol-serve creates it when it starts "
+                             "(is --db right?); nothing written\n")
+    assert not (tmp_path / "mistyped").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # s.json kept, no t.json
+
+
+def test_the_default_store_not_created_yet(tmp_path):
+    config = write_config(tmp_path, "[s]\noutput = OUT\n")
+    env = {k: v for k, v in os.environ.items() if k != "MONGOL_DB"}
+    for args in ([], ["--dry-run"]):
+        result = subprocess.run([str(BIN / "mongol-report"), str(config), *args], capture_output=True, text=True,
+                                env={**env, "XDG_DATA_HOME": str(tmp_path / "data")}, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 1
+        assert result.stderr == (f"mongol-report: no SQLite store at {tmp_path}/data/mongol/mongol.db, the default "
+                                 "embedded store: mongol-serve creates it when it starts (or give --db or "
+                                 "$MONGOL_DB); nothing written\n")
+        assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+    result = subprocess.run([str(BIN / "mongol-report"), str(config)], capture_output=True, text=True,
+                            env={**env, "MONGOL_DB": f"sqlite://{tmp_path}/env.db"}, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert result.stderr == (f"mongol-report: no SQLite store at {tmp_path}/env.db: mongol-serve creates it when it "
+                             "starts (is $MONGOL_DB right?); nothing written\n")
+    assert not (tmp_path / "env.db").exists() and not (tmp_path / "out").exists()
 
 
 def test_store_unreachable(tmp_path):

@@ -86,6 +86,23 @@ def test_salts_older_than_yesterday_are_deleted_at_start(serve, tmp_path):
     assert (spool / names[1]).exists()  # yesterday's stays until the end of today
 
 
+def test_mongol_ingest_deletes_old_salts_while_it_runs(tmp_path, monkeypatch):
+    """mongol-ingest's receiving loop calls Ingest.housekeep every second, busy or idle (mongol.ingest.run):
+    salts older than yesterday go then too, not only at start and when the day changes."""
+    from mongol import tracking
+    from mongol.ingest import Ingest
+
+    monkeypatch.setattr(tracking, "PURGE_EVERY", 0.0)  # look at every call, not once a minute
+    ingest = Ingest(lambda hit: True, tracker=Tracker(Tracking(), Salts(tmp_path)))  # its start's purge is past
+    today = datetime.now(UTC).date()
+    old, yesterday = (tmp_path / (SALT_PREFIX + (today - timedelta(days=d)).isoformat()) for d in (2, 1))
+    for path in (old, yesterday):
+        path.write_bytes(os.urandom(32))
+    ingest.housekeep()
+    assert not old.exists()
+    assert yesterday.exists()  # for hits that cross midnight
+
+
 def test_ids_differ_from_one_day_to_the_next(tmp_path):
     """The same visitor on two days (the server's clock cannot be moved: the tracker is given the time)."""
     tracker = Tracker(Tracking(), Salts(tmp_path))

@@ -153,7 +153,8 @@ def ingest(host: str, port: int, uri: str, spool: Path, trusted: tuple[Network, 
              f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port, receive_buffer(sock) // 1024,
              spool, "" if own_writer else " (--no-writer: mongol-serve stores them)")
     try:
-        run(sock, lines, keep_going, idle=recorder.retry)
+        # every second, busy or idle, as mongol-serve: rotate the segment, retry held hits, delete old salts
+        run(sock, lines, keep_going, idle=lines.housekeep)
     finally:
         sock.close()
         lost = recorder.close()

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import fcntl
+import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mongol-report",
         description="Write one report per section of CONFIG as OUTPUT/SECTION.json (JSONP), then remove hits "
                     "older than each section's time window.",
-        epilog=f"Exit status: 0 all written, 1 a section failed (the others still ran), 2 configuration error "
-               f"(nothing written), {EXIT_LOCKED} another run holds CONFIG. Without --db or ${ENV_VAR}, the "
-               f"embedded store {default_db_path()} is read.",
+        epilog=f"Exit status: 0 all written, 1 a section failed (the others still ran) or the store cannot be "
+               f"used (nothing written), 2 configuration error (nothing written), {EXIT_LOCKED} another run holds "
+               f"CONFIG. Without --db or ${ENV_VAR}, the embedded store {default_db_path()} is read.",
     )
     parser.add_argument("config", metavar="CONFIG", help="the INI file (see reports.cfg.example)")
     parser.add_argument("--db", metavar="URI", help=f"the store, as for mongol-serve (default: ${ENV_VAR}, "
@@ -82,12 +83,36 @@ def main(argv: list[str] | None = None) -> int:
         return _run(specs, uri, args)
 
 
+def missing_store(uri: str, option: str | None) -> str | None:
+    """Why an SQLite store cannot be read because its file does not exist, else None: opening it would
+    create an empty store (and its folders), and the run would publish empty reports over good ones."""
+    from mongol.stores import sqlite_path
+
+    if not uri.startswith("sqlite:"):
+        return None
+    path = os.path.abspath(os.path.expanduser(sqlite_path(uri)))
+    if os.path.exists(path):
+        return None
+    if option:
+        given = "is --db right?"
+    elif os.environ.get(ENV_VAR):
+        given = f"is ${ENV_VAR} right?"
+    else:
+        return (f"no SQLite store at {path}, the default embedded store: mongol-serve creates it when it starts "
+                f"(or give --db or ${ENV_VAR}); nothing written")
+    return f"no SQLite store at {path}: mongol-serve creates it when it starts ({given}); nothing written"
+
+
 def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
     from mongol.jsonp import publish, render
     from mongol.report import compute, plan_purge
     from mongol.stores import open_store
 
     try:
+        missing = missing_store(uri, args.db)
+        if missing:
+            say(missing)
+            return EXIT_FAILED
         store = open_store(uri)
     except MongolError as exc:
         say(str(exc))
