@@ -1,4 +1,5 @@
-"""Fixtures that start the real parts: the MongoDB wire-protocol test server and mongol-serve.
+"""Fixtures that start the real parts: the MongoDB wire-protocol test server and mongol-serve; and a
+real MaxMind-format GeoIP database (`geoip`).
 
 Set MONGOL_TEST_MONGODB_URI (e.g. mongodb://localhost:27017) to run the MongoDB tests against a
 real mongod instead of the wire-protocol server in tests/wire. A missing service fails the tests;
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
 
 from mongol.stores import Store, open_store
 
@@ -303,3 +306,24 @@ def stored_numbers(store: Store) -> dict[int, int]:
             n = int(hit["n"])
             counts[n] = counts.get(n, 0) + 1
     return counts
+
+
+@pytest.fixture(scope="module")
+def geoip(tmp_path_factory) -> Path:
+    """A real MaxMind DB (GeoIP2 City's layout), written by mmdb-writer and read back by maxminddb."""
+    path = tmp_path_factory.mktemp("geoip") / "city.mmdb"
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City", languages=["en"],
+                        description="Mongol's test places")
+
+    def place(country, city=None):
+        record = {"country": {"iso_code": country, "names": {"en": country}}}
+        if city:
+            record["city"] = {"names": {"en": city, "de": city + "-de"}}
+        return record
+
+    writer.insert_network(IPSet(["203.0.113.0/25"]), place("DE", "Hamburg"))
+    writer.insert_network(IPSet(["203.0.113.128/25"]), place("DE", "Berlin"))
+    writer.insert_network(IPSet(["198.51.100.0/24"]), place("FR"))
+    writer.insert_network(IPSet(["2001:db8:1::/48"]), place("JP", "Tokyo"))
+    writer.to_db_file(str(path))
+    return path

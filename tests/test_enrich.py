@@ -1,5 +1,5 @@
 """What the writer adds to hits, over real HTTP on both stores: bots, browser, OS, device, country and
-city from a real MaxMind-format database built here; and the example reports over those fields."""
+city from a real MaxMind-format database (conftest's geoip); and the example reports over those fields."""
 
 import configparser
 import os
@@ -8,8 +8,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 from mongol.enrich import Enricher, scrub
 from mongol.tracking import Tracking
@@ -51,27 +49,6 @@ def serve(start_server, store_uri, store, tmp_path):
 def get(server, query, ua="", ip="203.0.113.9", **headers):
     status, _, _ = http_get(f"{server.url}/p.gif?{query}", {"User-Agent": ua, "X-Forwarded-For": ip, **headers})
     assert status == 200
-
-
-@pytest.fixture(scope="module")
-def geoip(tmp_path_factory) -> Path:
-    """A real MaxMind DB (GeoIP2 City's layout), written by mmdb-writer and read back by maxminddb."""
-    path = tmp_path_factory.mktemp("geoip") / "city.mmdb"
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City", languages=["en"],
-                        description="Mongol's test places")
-
-    def place(country, city=None):
-        record = {"country": {"iso_code": country, "names": {"en": country}}}
-        if city:
-            record["city"] = {"names": {"en": city, "de": city + "-de"}}
-        return record
-
-    writer.insert_network(IPSet(["203.0.113.0/25"]), place("DE", "Hamburg"))
-    writer.insert_network(IPSet(["203.0.113.128/25"]), place("DE", "Berlin"))
-    writer.insert_network(IPSet(["198.51.100.0/24"]), place("FR"))
-    writer.insert_network(IPSet(["2001:db8:1::/48"]), place("JP", "Tokyo"))
-    writer.to_db_file(str(path))
-    return path
 
 
 def test_user_agent_gives_bot_browser_os_and_device(serve, store):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+import orjson
 import pytest
 from PIL import Image
 
@@ -21,7 +22,8 @@ from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, ope
 from mongol.location import default_spool
 from mongol.stores import open_store
 from mongol.tracking import Salts, Tracker, Tracking
-from tests.conftest import BIN, START_TIMEOUT, Server, launch, raw_request, stop_all, wait_until
+from tests.conftest import BIN, START_TIMEOUT, Server, launch, raw_request, stop_all, stored, wait_until
+from tests.test_enrich import AGENTS
 
 ROOT = Path(__file__).parent.parent
 SNIPPET = (ROOT / "scripts" / "nginx-mongol.conf").read_text()
@@ -449,3 +451,102 @@ def test_unreachable_store_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1].startswith("mongol-ingest: error: cannot reach MongoDB 127.0.0.1:1")
     assert "Traceback" not in done.stderr
+
+
+# mongol-serve's privacy and enrichment options, on mongol-ingest ------------------------------------
+
+def datagram(url: str, addr: str = "203.0.113.200", ua: str = "", **headers: str) -> bytes:
+    """A line of today's log_format: a pixel request for site `a` now (a day whose salt exists)."""
+    entry = {"time": f"{time.time():.3f}", "addr": addr, "method": "GET", "uri": f"/p.gif?site=a&url={url}",
+             "status": "200", "referer": "", "ua": ua, "xff": "", **dict.fromkeys(
+                 ("dnt", "gpc", "sec_purpose", "purpose", "x_purpose", "x_moz"), ""), **headers}
+    return line(orjson.dumps(entry).decode())
+
+
+def send_datagrams(port: int, *datagrams: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for data in datagrams:
+            sock.sendto(data, ("127.0.0.1", port))
+
+
+def by_url_after_last(store, urls: list[str]) -> dict[str, dict]:
+    """The stored hits by url, once the hit for `/last` (sent after `urls`) is stored."""
+    wait_until(lambda: store.count(match={"url": "/last"}) == 1, 10, "the hit sent last")
+    hits = {h["url"]: h for h in store.hits()}
+    assert set(hits) <= {*urls, "/last"}
+    hits.pop("/last")
+    return hits
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), {"/plain": ("127.0.0.0", 16), "/dnt": ("127.0.0.0", 0), "/gpc": ("127.0.0.0", 0)}),
+    (("--full-ip",), {"/plain": ("127.0.0.1", 16), "/dnt": ("127.0.0.0", 0), "/gpc": ("127.0.0.0", 0)}),
+    (("--full-ip", "--dnt", "skip"), {"/plain": ("127.0.0.1", 16)}),
+])
+def test_full_ip_and_dnt_through_nginx(store_uri, store, start_ingest, start_nginx, args, expected):
+    ingester = start_ingest("--db", store_uri, "--no-ua-parse", *args)
+    nginx = start_nginx(ingester.port)
+    urls = ["/dnt", "/gpc", "/plain"]
+    for url, header in zip([*urls, "/last"], [b"DNT: 1\r\n", b"Sec-GPC: 1\r\n", b"", b""], strict=True):
+        target = b"/pixel.gif?site=a&url=" + url.encode()
+        assert request(nginx, target, b"User-Agent: agent\r\n" + header) == 200, url
+    hits = by_url_after_last(store, urls)
+    # the last octet kept with --full-ip, except for opted-out browsers; with --dnt skip they store nothing
+    assert {url: (hit["_ip"], len(hit.get("_visitor", ""))) for url, hit in hits.items()} == expected
+    assert ingester.signal(timeout=60) == 0
+    assert f"4 datagrams received, {len(expected) + 1} hits spooled" in ingester.log()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), {"/chrome": (None, "Chrome"), "/googlebot": (True, "Googlebot")}),
+    (("--drop-bots",), {"/chrome": (None, "Chrome")}),
+    (("--no-ua-parse",), {"/chrome": (None, None), "/googlebot": (None, None)}),
+])
+def test_bots_and_user_agents(store_uri, store, start_ingest, args, expected):
+    ingester = start_ingest("--db", store_uri, *args)
+    send_datagrams(ingester.port, *(datagram(f"/{name}", ua=AGENTS[name][0]) for name in ("chrome", "googlebot")),
+                   datagram("/last"))
+    hits = by_url_after_last(store, ["/chrome", "/googlebot"])
+    assert {url: (hit.get("_bot"), hit.get("_browser")) for url, hit in hits.items()} == expected
+
+
+PLACES = [("/berlin", "203.0.113.200", {}), ("/tokyo", "2001:db8:1:2::77", {}), ("/nowhere", "192.0.2.1", {}),
+          ("/dnt", "203.0.113.200", {"dnt": "1"})]
+
+
+@pytest.mark.parametrize(("args", "berlin"), [((), "203.0.113.0"), (("--full-ip",), "203.0.113.200")])
+def test_places_from_geoip(store_uri, store, start_ingest, geoip, args, berlin):
+    ingester = start_ingest("--db", store_uri, "--geoip", str(geoip), "--no-ua-parse", *args)
+    send_datagrams(ingester.port, *(datagram(url, addr, **headers) for url, addr, headers in PLACES),
+                   datagram("/last"))
+    hits = by_url_after_last(store, [url for url, _, _ in PLACES])
+    # Berlin's anonymised address is in Hamburg's block: the place is that of the whole address
+    assert {url: (hit.get("_country"), hit.get("_city")) for url, hit in hits.items()} == {
+        "/berlin": ("DE", "Berlin"), "/tokyo": ("JP", "Tokyo"), "/nowhere": (None, None), "/dnt": ("DE", "Berlin")}
+    assert (hits["/berlin"]["_ip"], hits["/dnt"]["_ip"]) == (berlin, "203.0.113.0")
+    assert not [hit for hit in hits.values() if "_geo_ip" in hit]  # the whole address never reaches the store
+
+
+def test_with_no_writer_mongol_serve_enriches(tmp_path, start_ingest, geoip):
+    uri = f"sqlite://{tmp_path}/hits.db"
+    done = subprocess.run([str(BIN / "mongol-ingest"), "127.0.0.1:0", "--db", uri, "--no-writer", "--drop-bots"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "mongol-ingest: error: --drop-bots is the writer's: with --no-writer, give it to " \
+                                  "the mongol-serve that stores the hits"
+    # --geoip here spools the whole address for the place mongol-serve's writer finds with its own --geoip
+    ingester = start_ingest("--db", uri, "--no-writer", "--geoip", str(geoip))
+    send_datagrams(ingester.port, datagram("/berlin", ua=AGENTS["googlebot"][0]), datagram("/last"))
+    wait_until(lambda: spooled_lines(default_spool(uri)) == 2, 10, "2 hits in mongol-serve's spool")
+    assert ingester.signal(timeout=60) == 0
+    writer = subprocess.Popen([str(BIN / "mongol-serve"), "--workers", "0", "--db", uri, "--geoip", str(geoip),
+                               "--drop-bots"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = open_store(uri)
+    try:
+        [hit] = stored(store, 1)
+        assert (hit["url"], hit["_ip"], hit["_country"], hit["_city"]) == ("/last", "203.0.113.0", "DE", "Berlin")
+        assert "_geo_ip" not in hit
+    finally:
+        writer.terminate()
+        assert writer.wait(30) == 0
+        store.close()

@@ -9,6 +9,11 @@ socket is bound. Without --no-writer the spool is a folder of its own (`...spool
 writers draining one folder store every hit twice over (ids make the second insert a no-op, at the
 cost of the work) and race on the folder's status file. With --no-writer, hits go to the spool a
 mongol-serve with the same --db drains.
+
+The privacy options (--full-ip, --dnt) are applied here, as each line becomes a hit; the enrichment
+options (--drop-bots, --no-ua-parse, --geoip) are the writer's, so with --no-writer they are those of
+the mongol-serve that stores the hits, except that --geoip here still spools the whole address
+(`_geo_ip`) for that writer's lookup.
 """
 
 import argparse
@@ -19,14 +24,19 @@ import sys
 from pathlib import Path
 
 from mongol import __version__
-from mongol.cli.serve import parse_address
+from mongol.cli.serve import add_tracking_arguments, parse_address, tracking_options
 from mongol.errors import MongolError
 from mongol.hit import Network, parse_networks
 from mongol.location import ENV_VAR, default_db_path, default_spool, resolve_db_uri
+from mongol.tracking import Tracking
 
 log = logging.getLogger("mongol.ingest")
 DEFAULT_ADDRESS = "127.0.0.1:5514"
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# mongol-serve's privacy and enrichment options that mean something here: not --cookie (nginx answers
+# the pixel, so nothing can set one) nor --trusted-sender (nginx's pixel log has no Measurement Protocol POST)
+TRACKING_FLAGS = ("--full-ip", "--dnt", "--drop-bots", "--no-ua-parse", "--geoip")
+WRITER_FLAGS = ("--drop-bots", "--no-ua-parse")  # nothing but the writer reads them
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -74,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="least severe message to log (default INFO)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_tracking_arguments(parser.add_argument_group(
+        "privacy and enrichment, as for mongol-serve",
+        "--full-ip and --dnt apply here, as each line becomes a hit. --drop-bots, --no-ua-parse and --geoip's "
+        "places are the writer's work: with --no-writer, the mongol-serve that stores the hits decides them with "
+        "its own options (--drop-bots and --no-ua-parse are refused here), and --geoip here only passes the whole "
+        "address on, in the spool, for that writer's --geoip to place (give both the same database)."),
+        TRACKING_FLAGS)
     return parser
 
 
@@ -84,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         trusted = parse_networks(args.trusted_proxy)
         if args.flush_interval <= 0 or args.drain_timeout < 0:
             raise MongolError("--flush-interval must be positive and --drain-timeout not negative")
+        for flag in WRITER_FLAGS:
+            if args.no_writer and getattr(args, flag[2:].replace("-", "_")):
+                raise MongolError(f"{flag} is the writer's: with --no-writer, give it to the mongol-serve that "
+                                  "stores the hits")
+        tracking = tracking_options(args)
     except (MongolError, ValueError) as exc:
         print(f"mongol-ingest: error: {exc}", file=sys.stderr)
         return 2
@@ -93,15 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     spool = ingest_spool(uri, args.spool, own_writer=not args.no_writer)
     try:
         return ingest(host, port, uri, spool, trusted, own_writer=not args.no_writer,
-                      flush_interval=args.flush_interval, drain_timeout=args.drain_timeout)
+                      flush_interval=args.flush_interval, drain_timeout=args.drain_timeout, tracking=tracking)
     except MongolError as exc:
         print(f"mongol-ingest: error: {exc}", file=sys.stderr)
         return 1
 
 
 def ingest(host: str, port: int, uri: str, spool: Path, trusted: tuple[Network, ...], *, own_writer: bool,
-           flush_interval: float = 0.1, drain_timeout: float = 30.0) -> int:
-    """Receive until SIGTERM/SIGINT, then store what is spooled; the exit status."""
+           flush_interval: float = 0.1, drain_timeout: float = 30.0, tracking: Tracking | None = None) -> int:
+    """Receive until SIGTERM/SIGINT, then store what is spooled; the exit status. `tracking`: the privacy
+    options for the tracker, and the enrichment ones for the writer (unused with `own_writer` false, but
+    for the whole address --geoip spools); default: mongol-serve's defaults."""
     from mongol.ingest import Ingest, open_udp, receive_buffer, run
     from mongol.journal import Journal, Recorder
     from mongol.supervisor import Settings, reap, start_writer
@@ -113,7 +137,8 @@ def ingest(host: str, port: int, uri: str, spool: Path, trusted: tuple[Network, 
         raise MongolError(f"cannot listen on udp {host}:{port}: {exc.strerror or exc}") from None
     os.register_at_fork(after_in_child=sock.close)  # the writer must not keep the port while it drains
     settings = Settings(host=host, port=port, db_uri=uri, spool=spool, workers=0,
-                        flush_interval=flush_interval, drain_timeout=drain_timeout)
+                        flush_interval=flush_interval, drain_timeout=drain_timeout,
+                        tracking=tracking or Tracking())
     try:
         recorder = Recorder(Journal(spool))
         writer = start_writer(settings) if own_writer else 0

@@ -63,23 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="at stop, how long to keep storing spooled hits (default 30); what is left "
                              "stays in the spool for the next start")
-    parser.add_argument("--cookie", action="store_true",
-                        help="count visitors with a random id in a first-party cookie of the pixel's host (needs "
-                             "HTTPS) instead of the default daily hash of site, address and User-Agent")
-    parser.add_argument("--full-ip", action="store_true",
-                        help="store the whole client address (default: last IPv4 octet, last 80 IPv6 bits zeroed)")
-    parser.add_argument("--dnt", choices=["anonymous", "skip"], default="anonymous",
-                        help="hits from browsers sending DNT: 1 or Sec-GPC: 1: stored without a visitor id and "
-                             "with the address anonymised (anonymous, the default), or not stored (skip)")
-    parser.add_argument("--trusted-sender", metavar="CIDR", action="append", default=[],
-                        help="a server (address or CIDR block) whose Measurement Protocol ua and uip parameters "
-                             "name the visitor; repeatable (from anyone else they are ignored)")
-    parser.add_argument("--drop-bots", action="store_true",
-                        help="do not store hits from bots (default: store them with _bot: true)")
-    parser.add_argument("--no-ua-parse", action="store_true",
-                        help="do not read User-Agents: no _bot, _browser, _os, _device (saves the writer's work)")
-    parser.add_argument("--geoip", metavar="PATH", type=Path,
-                        help="a MaxMind-format database (GeoLite2/GeoIP2 Country or City): adds _country and _city")
+    add_tracking_arguments(parser)
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-file", metavar="PATH",
                         help="log to this file instead of stderr (reopened on SIGHUP, for logrotate)")
@@ -89,16 +73,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRACKING_FLAGS = ("--cookie", "--full-ip", "--dnt", "--trusted-sender", "--drop-bots", "--no-ua-parse", "--geoip")
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                           flags: tuple[str, ...] = TRACKING_FLAGS) -> None:
+    """Add the privacy, bot and enrichment options named in `flags` (all of mongol-serve's by default),
+    in mongol-serve's order and words, to `parser` (or an argument group of it); `tracking_options` reads them."""
+    options = {
+        "--cookie": dict(action="store_true",
+                         help="count visitors with a random id in a first-party cookie of the pixel's host (needs "
+                              "HTTPS) instead of the default daily hash of site, address and User-Agent"),
+        "--full-ip": dict(action="store_true",
+                          help="store the whole client address (default: last IPv4 octet, last 80 IPv6 bits zeroed)"),
+        "--dnt": dict(choices=["anonymous", "skip"], default="anonymous",
+                      help="hits from browsers sending DNT: 1 or Sec-GPC: 1: stored without a visitor id and "
+                           "with the address anonymised (anonymous, the default), or not stored (skip)"),
+        "--trusted-sender": dict(metavar="CIDR", action="append", default=[],
+                                 help="a server (address or CIDR block) whose Measurement Protocol ua and uip "
+                                      "parameters name the visitor; repeatable (from anyone else they are ignored)"),
+        "--drop-bots": dict(action="store_true",
+                            help="do not store hits from bots (default: store them with _bot: true)"),
+        "--no-ua-parse": dict(action="store_true",
+                              help="do not read User-Agents: no _bot, _browser, _os, _device (saves the writer's "
+                                   "work)"),
+        "--geoip": dict(metavar="PATH", type=Path,
+                        help="a MaxMind-format database (GeoLite2/GeoIP2 Country or City): adds _country and _city"),
+    }
+    unknown = set(flags) - set(options)
+    if unknown:
+        raise ValueError(f"no such tracking option: {', '.join(sorted(unknown))}")
+    for flag in TRACKING_FLAGS:
+        if flag in flags:
+            parser.add_argument(flag, **options[flag])
+
+
 def tracking_options(args: argparse.Namespace) -> Tracking:
-    """The privacy, bot and enrichment options; MongolError (or ValueError) names a bad one."""
+    """The privacy, bot and enrichment options; MongolError (or ValueError) names a bad one. --cookie and
+    --trusted-sender take their defaults when the parser did not have them (mongol-ingest's has not)."""
     if args.drop_bots and args.no_ua_parse:
         raise MongolError("--drop-bots needs the User-Agent read: it cannot go with --no-ua-parse")
-    senders = parse_networks(args.trusted_sender, "--trusted-sender")
+    senders = parse_networks(getattr(args, "trusted_sender", []), "--trusted-sender")
     if args.geoip is not None:
         from mongol.enrich import open_geoip
 
         open_geoip(args.geoip).close()
-    return Tracking(cookie=args.cookie, full_ip=args.full_ip, dnt=args.dnt, senders=senders,
+    return Tracking(cookie=getattr(args, "cookie", False), full_ip=args.full_ip, dnt=args.dnt, senders=senders,
                     drop_bots=args.drop_bots, parse_agents=not args.no_ua_parse,
                     geoip=args.geoip.absolute() if args.geoip is not None else None)
 
