@@ -1,15 +1,23 @@
 """The spool: hits appended to files on disk before the pixel answers, drained into the store later.
 
-Each serving process appends one JSON line per hit to its own segment file (`PID-SEQ.jsonl`),
-with one `write()` per hit, before the response goes out: once a client has its GIF, the hit is in
+Each serving process appends one JSON line per hit to its own segment file, with one `write()`
+per hit, before the response goes out: once a client has its GIF, the hit is in
 the kernel's page cache and survives a crash of any Mongol process (not a power loss, unless
 `fsync` is asked for). The process holds an exclusive `flock` on its open segment and starts a new
 one every ROTATE_SECONDS or ROTATE_BYTES; a segment nobody holds is closed (the lock goes with its
 process, even after `kill -9`). The writer process reads every segment from where it left off,
 stores complete lines, and deletes a segment once it is closed and stored. Records carry their
 `_id`, and stores skip ids they already hold, so reading a segment twice stores nothing twice.
+
+A segment's name (creation time, PID, random bits) is never reused, not even by a process that gets
+the PID of an earlier run (every start of a container), and is given with `link`, which refuses to
+replace a file; the writer also follows each file by its inode, not its name. It deletes a segment
+only while holding the segment's lock itself, after reading its size through that lock: a worker
+appends only under its own lock and never takes a closed segment again, so no line can arrive
+between the writer's last look and the deletion.
 """
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -28,6 +36,13 @@ log = logging.getLogger("mongol.journal")
 ROTATE_SECONDS = 2.0
 ROTATE_BYTES = 8 * 1024 * 1024
 SUFFIX = ".jsonl"
+MAKING = ".new"
+
+
+def segment_name(seq: int) -> str:
+    """A name no other segment ever had: it sorts by creation time (oldest are stored first), and
+    PID plus random bits keep it apart from every other process, this run's or an earlier one's."""
+    return f"{time.time_ns():016x}-{os.getpid()}-{os.urandom(4).hex()}-{seq}{SUFFIX}"
 
 
 def encode(hit: Hit) -> bytes:
@@ -53,13 +68,24 @@ class Journal:
 
     def _open(self) -> None:
         self._seq += 1
-        path = self.folder / f"{os.getpid()}-{self._seq:08d}{SUFFIX}"
         # Created under another name and locked before it gets its own: the writer must never see
         # a segment that is not locked yet, or it would take it for closed, and empty, and delete it.
-        making = path.with_suffix(".new")
-        fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.rename(making, path)
+        making = self.folder / f"{os.getpid()}-{os.urandom(8).hex()}{MAKING}"
+        fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:
+                try:  # link, unlike rename, never replaces an existing segment
+                    os.link(making, self.folder / segment_name(self._seq))
+                    break
+                except FileExistsError:
+                    self._seq += 1
+            os.unlink(making)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(making)
+            raise
         old, self._fd = self._fd, fd
         self._opened, self._size = time.monotonic(), 0
         if old >= 0:
@@ -157,6 +183,16 @@ class Segment:
     path: Path
     offset: int = 0       # bytes already stored
     replay: bool = False  # left by an earlier run (or an earlier writer) when this writer started
+    inode: tuple[int, int] | None = None  # the file the offset belongs to, known from the first read
+
+    def follow(self, st: os.stat_result) -> None:
+        """The offset is of one file: if another file now has the name, it is read from the start."""
+        inode = (st.st_dev, st.st_ino)
+        if self.inode != inode:
+            if self.inode is not None:
+                log.warning("%s was replaced by another file; reading the new one from its start", self.path.name)
+                self.offset = 0
+            self.inode = inode
 
 
 class Spool:
@@ -166,6 +202,12 @@ class Spool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._segments = {path.name: Segment(path, replay=True) for path in self.folder.glob(f"*{SUFFIX}")}
+        for making in self.folder.glob(f"*{MAKING}"):  # left by a process killed while making a segment
+            with contextlib.suppress(OSError):
+                if time.time() - making.stat().st_mtime < 60:
+                    continue  # maybe being made right now (not locked yet)
+            if _is_closed(making):
+                making.unlink(missing_ok=True)  # never linked (nothing in it), or linked as well
 
     def backlog_bytes(self) -> int:
         """Bytes of spooled hits not yet stored."""
@@ -189,6 +231,7 @@ class Spool:
                 break
             try:
                 with open(path, "rb") as f:
+                    segment.follow(os.fstat(f.fileno()))
                     f.seek(segment.offset)
                     data = f.read(max(65536, (max_lines - len(lines)) * 512))
             except FileNotFoundError:
@@ -212,37 +255,52 @@ class Spool:
         removed = 0
         for name, segment in list(self._segments.items()):
             try:
-                size = segment.path.stat().st_size
+                fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 del self._segments[name]
                 continue
-            if not _is_closed(segment.path):
-                continue
-            if segment.offset < size:
-                with open(segment.path, "rb") as f:
-                    f.seek(segment.offset)
-                    if b"\n" in f.read(size - segment.offset):
-                        continue  # complete lines still to store
-                # Closed with an unterminated last line: a write torn by a crash or a full disk.
-                log.warning("dropping a torn last line (%d bytes) of %s", size - segment.offset, segment.path.name)
-            segment.path.unlink(missing_ok=True)
-            del self._segments[name]
-            removed += 1
+            try:
+                if _lock(fd) and self._finished(segment, fd):
+                    segment.path.unlink(missing_ok=True)  # still under our lock: nobody appended
+                    del self._segments[name]
+                    removed += 1
+            finally:
+                os.close(fd)
         return removed
 
-
-def _is_closed(path: Path) -> bool:
-    """True when no process holds the segment open for appending."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    @staticmethod
+    def _finished(segment: Segment, fd: int) -> bool:
+        """Every complete line of the locked, closed segment `fd` is stored."""
+        st = os.fstat(fd)
+        if segment.inode != (st.st_dev, st.st_ino):
+            return False  # not read yet, or another file under the name: the next read sees it
+        if segment.offset < st.st_size:
+            rest = os.pread(fd, st.st_size - segment.offset, segment.offset)
+            if b"\n" in rest:
+                return False  # complete lines still to store
+            # Closed with an unterminated last line: a write torn by a crash or a full disk.
+            log.warning("dropping a torn last line (%d bytes) of %s", len(rest), segment.path.name)
         return True
+
+
+def _lock(fd: int) -> bool:
+    """Take a shared lock on a segment if no process holds it open for appending."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return False
         raise
+    return True
+
+
+def _is_closed(path: Path) -> bool:
+    """True when no process holds the file open for appending."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        return _lock(fd)
     finally:
         os.close(fd)
-    return True

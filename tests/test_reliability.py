@@ -34,9 +34,12 @@ def assert_each_stored_once(store, numbers, timeout=60):
     return counts
 
 
-def tally(sent: int, answered: list[int], counts: dict[int, int]) -> str:
-    """The figures of a run: requests sent, answered 200, hits stored, and answered but not stored."""
-    return f"{sent} sent, {len(answered)} answered, {len(counts)} stored, {len(set(answered) - set(counts))} lost"
+def tally(sent: int, answered: list, counts: dict) -> str:
+    """The figures of a run: requests sent, answered 200, hits stored, answered but not stored, and
+    stored more than once."""
+    duplicated = sum(c - 1 for c in counts.values() if c > 1)
+    return (f"{sent} sent, {len(answered)} answered, {len(counts)} stored, {len(set(answered) - set(counts))} lost, "
+            f"{duplicated} duplicated")
 
 
 def ride_out(server, seconds, expect):
@@ -124,6 +127,63 @@ def test_kill_9_under_load_loses_no_answered_hit(start_server, store_uri, store,
     print(f"kill -9: {tally(stream.sent, stream.answered, counts)}")
     metrics = http_get(again.url + "/metrics")[2].decode()
     assert re.search(r"^mongol_hits_replayed_total [1-9]", metrics, re.M), metrics
+
+
+def serve_in_pid_namespace(tmp_path, name, *args):
+    """mongol-serve as PID 1 of a new PID namespace, as in a container: its writer and workers get
+    the same PIDs at every start. Killing the returned process kills the whole namespace."""
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", str(BIN / "mongol-serve"),
+                                 "127.0.0.1:0", *args], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+    def listening():
+        assert proc.poll() is None, log.read_text()
+        return re.search(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text())
+
+    port = int(wait_until(listening, 30, "mongol-serve to listen").group(1))
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[2].startswith(b"ok"), 30, "/healthz ok")
+    return proc, port
+
+
+def stored_pairs(store) -> dict[tuple[str, int], int]:
+    """How many times each (site, n) of the hit streams is stored."""
+    counts: dict[tuple[str, int], int] = {}
+    for hit in store.hits():
+        key = (hit["site"], int(hit["n"]))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_container_restarts_with_the_same_pids_lose_no_answered_hit(start_server, tmp_path):
+    # The store is locked through both runs, so the first run's segments still wait in the spool when
+    # the second run's worker, with the same PID, starts its first segment.
+    spool, uri = tmp_path / "spool", f"sqlite://{tmp_path}/hits.db"
+    open_store(uri).close()
+    locker = sqlite3.connect(tmp_path / "hits.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    answered, sent = [], 0
+    for run in range(2):
+        proc, port = serve_in_pid_namespace(tmp_path, f"run{run}", "--db", uri, "--spool", str(spool),
+                                            "--workers", "1")
+        stream = HitStream(port, rate=1000, site=f"run{run}.org").start()
+        wait_until(lambda s=stream: len(s.answered) > 2500, 60, "load")
+        stream.stop()
+        answered += [(f"run{run}.org", n) for n in stream.answered]
+        sent += stream.sent
+        proc.kill()  # kill -9 of the container: every process in the namespace dies
+        proc.wait(10)
+    locker.execute("ROLLBACK")
+    locker.close()
+    start_server("--db", uri, "--spool", str(spool))
+    store = open_store(uri)
+    wait_until(lambda: not list(spool.glob("*.jsonl")), 60, "the spool to drain")
+    counts = stored_pairs(store)
+    store.close()
+    figures = f"container restarts (same PIDs): {tally(sent, answered, counts)}"
+    print(figures)
+    assert set(answered) <= set(counts), figures
+    assert not [k for k, c in counts.items() if c != 1], figures
 
 
 # 3. Overload ------------------------------------------------------------------------------------
