@@ -54,7 +54,8 @@ class Health:
         problems = []
         recorder = self.recorder
         if recorder is not None and recorder.failing:
-            problems.append(f"the spool refuses hits, {len(recorder.pending)} held in memory")
+            held = f", {len(recorder.pending)} held in memory" if recorder.max_pending else ", answering 503"
+            problems.append(f"the spool refuses hits{held}")
         if status.get("state") == "store failing":
             problems.append(f"the store has failed for {now - status.get('since', now):.0f} s: {status.get('error')}")
         elif not status or now - status.get("updated", 0) > STALE_STATUS:
@@ -62,7 +63,7 @@ class Health:
         word = "degraded" if problems else "ok"
         body = (f"{word}: {status.get('spooled_bytes', 0)} bytes spooled, {status.get('stored', 0)} stored"
                 + "".join(f"; {p}" for p in problems) + "\n")
-        full = recorder is not None and len(recorder.pending) >= recorder.max_pending
+        full = recorder is not None and recorder.failing and len(recorder.pending) >= recorder.max_pending
         return _text("503 Service Unavailable" if full else "200 OK", body.encode())
 
 
@@ -110,6 +111,8 @@ class PixelApp:
             except RequestError as exc:
                 self._reject(exc.reason)
                 status, headers, body = _text(exc.status, exc.body)
+            except OSError as exc:  # the day's visitor salt cannot be saved: the spool's disk refuses
+                status, headers, body = self._refuse(exc)
             else:
                 if method == "HEAD":
                     start_response("200 OK", GIF_HEADERS)
@@ -122,9 +125,7 @@ class PixelApp:
                     self.accepted += 1
                     start_response("200 OK", GIF_HEADERS if cookie is None else [*GIF_HEADERS, ("Set-Cookie", cookie)])
                     return [GIF]
-                self._reject("busy")
-                status, headers, body = _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
-                                              [("Retry-After", "1")])
+                status, headers, body = self._refuse()
         start_response(status, headers)
         return [body] if method != "HEAD" else []
 
@@ -149,13 +150,21 @@ class PixelApp:
         except RequestError as exc:
             self._reject(exc.reason)
             return _text(exc.status, exc.body)
+        except OSError as exc:
+            return self._refuse(exc)
         for hit in hits:
             if not self.record(hit):
-                self._reject("busy")
-                return _text("503 Service Unavailable", b"cannot take hits now, try again later\n",
-                             [("Retry-After", "1")])
+                return self._refuse()
             self.accepted += 1
         return "204 No Content", list(NO_CACHE), b""
+
+    def _refuse(self, exc: OSError | None = None) -> Response:
+        """503: the hit was not taken (the spool's disk refuses it); the sender may try again."""
+        refuse = getattr(self.record, "refuse", None)
+        if exc is not None and refuse is not None:
+            refuse(exc)
+        self._reject("busy")
+        return _text("503 Service Unavailable", b"cannot take hits now, try again later\n", [("Retry-After", "1")])
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -118,10 +118,13 @@ class Journal:
 
 
 class Recorder:
-    """What the pixel calls for each hit: append it to the journal, or, while the disk refuses
-    (full, read-only), hold it in memory, bounded, and retry. False means the hit was not taken."""
+    """What the pixel calls for each hit: append it to the journal; False means the hit was not
+    taken (the pixel answers 503), so an answered hit is always on disk. While the disk refuses
+    (full, read-only), up to `max_pending` hits may be held in memory and retried instead: they
+    are answered but live in this process only (a `kill -9` loses them), which is why mongol-serve
+    holds none by default; mongol-ingest, whose datagrams get no answer, holds them."""
 
-    def __init__(self, journal: Journal, max_pending: int = 100_000) -> None:
+    def __init__(self, journal: Journal, max_pending: int = 0) -> None:
         self.journal = journal
         self.max_pending = max_pending
         self.pending: deque[bytes] = deque()
@@ -138,16 +141,33 @@ class Recorder:
         if not self.pending:
             try:
                 self.journal.append(line)
-                self.spooled += 1
-                return True
             except JournalFull as exc:
-                if not self.failing:
-                    log.error("%s; holding hits in memory (at most %d) until it can", exc, self.max_pending)
-                    self.failing = True
+                self._refused(exc)
+            else:
+                self.spooled += 1
+                self._recovered()
+                return True
         if len(self.pending) >= self.max_pending:
             return False
         self.pending.append(line)
         return True
+
+    def refuse(self, exc: OSError) -> None:
+        """Something else of the spool's disk failed (a salt file): the pixel answers 503 meanwhile."""
+        self._refused(JournalFull(exc.errno, f"cannot write to the spool {self.journal.folder}: {exc.strerror}"))
+
+    def _refused(self, exc: JournalFull) -> None:
+        if not self.failing:
+            if self.max_pending:
+                log.error("%s; holding hits in memory (at most %d) until it can", exc, self.max_pending)
+            else:
+                log.error("%s; answering 503 until it takes hits again", exc)
+            self.failing = True
+
+    def _recovered(self) -> None:
+        if self.failing:
+            log.warning("the spool %s takes hits again", self.journal.folder)
+            self.failing = False
 
     def retry(self) -> None:
         """Start a new segment if the current one is old; move held hits to the journal if it takes them."""
@@ -159,9 +179,7 @@ class Recorder:
                 return
             self.pending.popleft()
             self.spooled += 1
-        if self.failing:
-            log.warning("the spool %s takes hits again", self.journal.folder)
-            self.failing = False
+            self._recovered()
 
     def close(self, timeout: float = 0.0) -> int:
         """Hand held hits to the spool, trying for up to `timeout` seconds; returns how many are lost

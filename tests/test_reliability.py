@@ -4,6 +4,7 @@ reports, restarts. Each test starts the real processes and checks the store afte
 These are slow (each runs for tens of seconds by design): `pytest -m 'not slow'` leaves them out.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mongol.stores import open_store
+from mongol.writer import read_status
 from tests.conftest import BIN, HitStream, WireServer, http_get, stored_numbers, wait_until
 
 pytestmark = pytest.mark.slow
@@ -237,9 +239,15 @@ def test_overload_keeps_memory_bounded_and_loses_nothing(start_server, tmp_path)
     assert peak < 400 * 2**20
 
 
-def test_full_disk_is_reported_and_recovered(tmp_path):
-    """The spool on a 1 MiB tmpfs, the store locked so nothing drains it: when the disk is full the
-    workers hold hits in memory and /healthz says so; once the store is back, every hit is stored."""
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_full_disk_answers_503_and_no_answered_hit_lives_in_memory_only(tmp_path):
+    """The spool on a 1 MiB tmpfs. First the disk is full before the day's first hit (no salt file
+    yet): 503, not 500. Then the store is locked, so nothing drains the spool, until the disk fills:
+    the pixel answers 503 for what the disk refuses, and a `kill -9` of the worker loses nothing
+    answered. Once the store is back, every answered hit is stored."""
     spool, uri = tmp_path / "spool", f"sqlite://{tmp_path}/hits.db"
     spool.mkdir()
     open_store(uri).close()
@@ -252,21 +260,40 @@ def test_full_disk_is_reported_and_recovered(tmp_path):
     try:
         port = int(wait_until(lambda: re.search(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text()), 30,
                               "mongol-serve to listen").group(1))
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_get(url + "/healthz")[0] == 200, 30, "/healthz")
+        inside = Path(f"/proc/{proc.pid}/root{spool}")  # the tmpfs, as mongol-serve's mount namespace sees it
+        filler = inside / "filler"
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            f.write(b"x" * 2**21)  # fills the disk: no room for the day's salt file
+        first = [http_get(f"{url}/p.gif?site=salt.org&url=/{n}")[0] for n in range(20)]
+        assert set(first) == {503}, first
+        health_status, _, health_body = http_get(url + "/healthz")
+        assert health_status == 503 and b"refuses hits" in health_body, health_body
+        filler.unlink()
+        wait_until(lambda: http_get(f"{url}/p.gif?site=salt.org&url=/again")[0] == 200, 30, "the pixel back")
+
         locker = sqlite3.connect(tmp_path / "hits.db", isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         stream = HitStream(port, rate=3000).start()
-        wait_until(lambda: "refuses hits" in http_get(f"http://127.0.0.1:{port}/healthz")[2].decode(), 60,
-                   "the spool's disk to fill up")
-        stream.stop()
-        held = http_get(f"http://127.0.0.1:{port}/healthz")[2].decode()
+        wait_until(lambda: stream.statuses.get(503, 0) > 200, 60, "the spool's disk to fill up")
+        writer = read_status(inside)["pid"]
+        worker = next(pid for pid in children(proc.pid) if pid != writer)
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: len(children(proc.pid)) == 2 and worker not in children(proc.pid), 30, "a new worker")
+        refused = stream.statuses.get(503, 0)
         locker.execute("ROLLBACK")
         locker.close()
+        answered_before = len(stream.answered)
+        wait_until(lambda: len(stream.answered) > answered_before + 1000, 60, "hits answered again")
+        stream.stop()
         store = open_store(uri)
         counts = assert_each_stored_once(store, stream.answered, timeout=120)
         text = log.read_text()
-        assert "No space left on device" in text and text.count("holding hits in memory") == 1
-        assert "takes hits again" in text
-        print(f"full disk: {tally(stream.sent, stream.answered, counts)}; /healthz said: {held.strip()}")
+        assert "No space left on device" in text and "answering 503" in text and "takes hits again" in text
+        assert "Traceback" not in text, text
+        print(f"full disk: {tally(stream.sent, stream.answered, counts)}; {refused} answered 503 while full, "
+              f"kill -9 of the worker while full; 20 of 20 first hits without a salt answered 503")
         store.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

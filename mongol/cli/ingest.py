@@ -140,7 +140,7 @@ def ingest(host: str, port: int, uri: str, spool: Path, trusted: tuple[Network, 
                         flush_interval=flush_interval, drain_timeout=drain_timeout,
                         tracking=tracking or Tracking())
     try:
-        recorder = Recorder(Journal(spool))
+        recorder = Recorder(Journal(spool), max_pending=100_000)  # a datagram gets no answer: hold
         writer = start_writer(settings) if own_writer else 0
     except (MongolError, OSError) as exc:
         sock.close()

@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hits stored per insert at most (default 2000)")
     parser.add_argument("--flush-interval", type=float, default=0.1, metavar="SECONDS",
                         help="how often the writer looks for new hits when idle (default 0.1)")
-    parser.add_argument("--max-held", type=int, default=100_000, metavar="N",
-                        help="hits a worker holds in memory while the spool's disk refuses them (default "
-                             "100000); beyond that the pixel answers 503")
+    parser.add_argument("--max-held", type=int, default=0, metavar="N",
+                        help="hits a worker may answer and hold in memory while the spool's disk refuses them "
+                             "(default 0: the pixel answers 503 instead, so every answered hit is on disk)")
     parser.add_argument("--fsync", action="store_true",
                         help="fsync the spool before each answer: hits survive a power loss, at a cost per hit")
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
