@@ -7,3 +7,8 @@ class MongolError(Exception):
 
 class StoreError(MongolError):
     """The store cannot be opened or reached."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is configured right but does not answer now (a MongoDB server down): hits wait in
+    the spool and the writer keeps trying."""

@@ -15,6 +15,7 @@ the fork.
 import ctypes
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -32,7 +33,7 @@ from mongol.tracking import Salts, Tracker, Tracking
 log = logging.getLogger("mongol.serve")
 SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 PR_SET_PDEATHSIG = 1
-WORKER_STOP_TIMEOUT = 10.0
+WORKER_STOP_TIMEOUT = 3.0  # a stopping worker: the server's own 2 s for requests in flight, and a margin
 STORE_OPEN_TIMEOUT = 60.0
 MAX_REQUEST_LINE = 8192  # longer request lines get 414 from the HTTP server (the query limit is 8000 bytes)
 
@@ -88,19 +89,24 @@ def _fork(target, *args: object) -> int:  # noqa: ANN001 - any child entry point
 def _writer_main(settings: Settings, ready: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us in order
     from mongol.enrich import make_enricher
+    from mongol.errors import StoreUnavailable
     from mongol.journal import Spool
     from mongol.stores import open_store
     from mongol.writer import Writer
 
+    store, waiting = None, None
     try:
         enrich = make_enricher(settings.tracking)
-        store = open_store(settings.db_uri)
+        try:
+            store = open_store(settings.db_uri)
+        except StoreUnavailable as exc:  # configured right, not answering: serve, and keep trying
+            waiting = str(exc)
         spool = Spool(settings.spool)
     except (MongolError, OSError) as exc:
         message = str(exc) if isinstance(exc, MongolError) else f"cannot use the spool {settings.spool}: {exc}"
         os.write(ready, b"error " + message.encode())
         return 1
-    os.write(ready, b"ok " + store.description.encode())
+    os.write(ready, b"waiting " + waiting.encode() if waiting else b"ok " + store.description.encode())
     os.close(ready)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -109,13 +115,20 @@ def _writer_main(settings: Settings, ready: int) -> int:
     from mongol.metrics import Metrics
 
     writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval,
-                    metrics=Metrics(), enrich=enrich)
+                    metrics=Metrics(), enrich=enrich, connect=lambda: open_store(settings.db_uri),
+                    description=_uri_for_logs(settings.db_uri), failing=waiting)
     left = writer.run(stop, settings.drain_timeout)
-    store.close()
+    if writer.store is not None:
+        writer.store.close()
     log.info("stopped, %d hits stored in this run", writer.stored)
     if left:
         log.warning("%d bytes of hits stay in the spool %s: they are stored at the next start", left, settings.spool)
     return 0
+
+
+def _uri_for_logs(uri: str) -> str:
+    """The store URI without a password."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", uri)
 
 
 def _worker_main(settings: Settings, listener: socket.socket) -> int:
@@ -147,9 +160,14 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
         recorder.retry()  # rotate the segment, and hand held hits to the spool once its disk takes them
         pixel.publish_metrics()
     server.stop(timeout=2)
-    lost = recorder.close(timeout=settings.drain_timeout / 2)
+    lost = recorder.close(timeout=_held_wait(settings))
     pixel.publish_metrics()
     return 1 if lost else 0
+
+
+def _held_wait(settings: Settings) -> float:
+    """How long a stopping worker waits for the disk to take hits it holds (only with --max-held)."""
+    return settings.drain_timeout / 2 if settings.max_pending else 0.0
 
 
 def _access_logged(app):  # noqa: ANN001 - WSGI in, WSGI out
@@ -175,7 +193,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def start_writer(settings: Settings) -> int:
-    """Fork the writer and wait until it has opened the store; MongolError if it could not."""
+    """Fork the writer and wait until it has opened the spool and tried the store once; MongolError
+    if it could not (a bad URI, an unusable spool). A store that does not answer is no error: the
+    writer keeps trying while the pixel serves and hits wait in the spool."""
     read_end, write_end = os.pipe()
     pid = _fork(_writer_main, settings, write_end)
     os.close(write_end)
@@ -183,10 +203,13 @@ def start_writer(settings: Settings) -> int:
     answer = os.read(read_end, 65536).decode(errors="replace") if ready else "error the writer did not start"
     os.close(read_end)
     kind, _, text = answer.partition(" ")
-    if kind != "ok":
+    if kind == "waiting":
+        log.warning("%s; serving anyway: hits wait in the spool %s until the store answers", text, settings.spool)
+    elif kind != "ok":
         reap(pid, 5.0)
         raise MongolError(text or "the writer process died while opening the store")
-    log.info("storing hits in %s", text)
+    else:
+        log.info("storing hits in %s", text)
     return pid
 
 
@@ -228,11 +251,24 @@ def _supervise(settings: Settings) -> int:
     else:
         listener.close()
         log.info("no workers: draining the spool %s only", settings.spool)
+    retry_writer_at = None  # a writer that could not start again is retried, never fatal
+    retry_delay = 1.0
     while True:
-        info = signal.sigwaitinfo(SIGNALS)
+        if retry_writer_at is not None:
+            info = signal.sigtimedwait(SIGNALS, max(0.0, retry_writer_at - time.monotonic()))
+            if info is None:
+                try:
+                    writer, retry_writer_at, retry_delay = start_writer(settings), None, 1.0
+                except MongolError as exc:
+                    retry_delay = min(retry_delay * 2, 30.0)
+                    log.error("cannot start the writer: %s; trying again in %.0f s", exc, retry_delay)
+                    retry_writer_at = time.monotonic() + retry_delay
+                continue
+        else:
+            info = signal.sigwaitinfo(SIGNALS)
         if info.si_signo == signal.SIGHUP:
             reopen_log_files()
-            for pid in (*workers, writer):
+            for pid in (*workers, *([writer] if writer else [])):
                 os.kill(pid, signal.SIGHUP)
         elif info.si_signo == signal.SIGCHLD:
             while True:
@@ -243,7 +279,12 @@ def _supervise(settings: Settings) -> int:
                 metrics.process_dead(pid)
                 if pid == writer:
                     log.error("the writer process exited with %d; starting another", code)
-                    writer = start_writer(settings)
+                    writer = 0
+                    try:
+                        writer = start_writer(settings)
+                    except MongolError as exc:
+                        log.error("cannot start the writer: %s; trying again in %.0f s", exc, retry_delay)
+                        retry_writer_at = time.monotonic() + retry_delay
                 elif pid in workers:
                     log.error("worker %d exited with %d; starting another", pid, code)
                     workers.discard(pid)
@@ -251,10 +292,19 @@ def _supervise(settings: Settings) -> int:
         else:
             break
     log.info("stopping: no new hits, then storing what is spooled")
+    # The whole stop takes the workers' time for requests in flight, then --drain-timeout: a writer
+    # still busy then (a store that blocks, such as a locked SQLite file) is killed, which loses
+    # nothing: what it has not stored stays in the spool for the next start.
     for pid in workers:
         os.kill(pid, signal.SIGTERM)
-    failed = [pid for pid in workers if reap(pid, WORKER_STOP_TIMEOUT) != 0]
+    failed = [pid for pid in workers if reap(pid, _held_wait(settings) + WORKER_STOP_TIMEOUT) != 0]
     listener.close()
+    if not writer:
+        return 1
     os.kill(writer, signal.SIGTERM)
-    writer_code = reap(writer, settings.drain_timeout + 30)
+    writer_code = reap(writer, settings.drain_timeout + 0.5)
+    if writer_code == -signal.SIGKILL:
+        log.warning("the writer was still storing at the end of --drain-timeout (%.0f s): what it had not "
+                    "stored stays in the spool %s for the next start", settings.drain_timeout, settings.spool)
+        writer_code = 0
     return 1 if failed or writer_code else 0

@@ -3,10 +3,12 @@
 It reads complete journal lines from every segment, stores them with one `insert_lines` call per
 batch (unordered; ids already stored are skipped), and deletes segments once closed and stored.
 When the store fails, the hits stay in the spool and the batch is retried with backoff; the log
-says so once, and once more when storing works again. `status.json` beside the segments tells the
+says so once, and once more when storing works again. The store need not answer when the writer
+starts: `connect` is called again at each retry until it does. `status.json` beside the segments tells the
 serving processes (for /healthz) how things stand.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,9 +28,13 @@ STATUS_EVERY = 0.5
 
 
 class Writer:
-    def __init__(self, store: Store, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
-                 metrics: Any = None, enrich: Callable[[list[bytes]], list[bytes]] | None = None) -> None:
+    def __init__(self, store: Store | None, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
+                 metrics: Any = None, enrich: Callable[[list[bytes]], list[bytes]] | None = None,
+                 connect: Callable[[], Store] | None = None, description: str = "the store",
+                 failing: str | None = None) -> None:
         self.store = store
+        self.connect = connect  # opens the store when `store` is None (it did not answer at start)
+        self.description = store.description if store is not None else description
         self.enrich = enrich  # mongol.enrich: bots, browser, places; it may drop lines (bots)
         self.metrics = metrics
         self.spool = spool
@@ -39,12 +45,21 @@ class Writer:
         self.failing: str | None = None
         self._since = time.time()
         self._status_at = 0.0
+        if failing:  # the store did not answer at start
+            self._failed(Exception(failing))
 
     def step(self) -> bool:
         """Store one batch; True if there was anything to store and it was stored."""
         lines, marks = self.spool.read(self.batch_size)
         if not lines:
             self.spool.remove_finished()
+            if self.store is None:  # nothing to store, but /healthz should know when the store answers
+                try:
+                    self._store()
+                except Exception as exc:
+                    self._failed(exc)
+                    raise
+                self._recovered()
             return False
         try:
             if self.enrich is not None:
@@ -62,25 +77,36 @@ class Writer:
             replayed = sum(count for segment, _, count in marks if segment.replay)
             if replayed:
                 self.metrics.replayed.inc(min(replayed, new))
-        if self.failing:
-            log.warning("storing hits again in %s", self.store.description)
-            self.failing, self._since = None, time.time()
+        self._recovered()
         return True
 
+    def _recovered(self) -> None:
+        if self.failing:
+            log.warning("storing hits again in %s", self.description)
+            self.failing, self._since = None, time.time()
+
+    def _store(self) -> Store:
+        if self.store is None:
+            assert self.connect is not None
+            self.store = self.connect()
+            self.description = self.store.description
+        return self.store
+
     def _insert(self, lines: list[bytes]) -> int:
+        store = self._store()
         try:
-            return self.store.insert_lines(lines)
+            return store.insert_lines(lines)
         except Exception as exc:
             if "malformed JSON" not in str(exc) and not isinstance(exc, orjson.JSONDecodeError):
                 raise
         lines[:] = self._drop_bad_lines(lines)
-        return self.store.insert_lines(lines) if lines else 0
+        return store.insert_lines(lines) if lines else 0
 
     def _failed(self, exc: Exception) -> None:
         message = " ".join(str(exc).split())[:300]
         if not self.failing:
             log.error("cannot store hits in %s, keeping them in the spool and retrying: %s",
-                      self.store.description, message)
+                      self.description, message)
             self._since = time.time()
         self.failing = message
         if self.metrics is not None:
@@ -113,7 +139,9 @@ class Writer:
             if not busy:
                 stop.wait(delay)
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline:
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.store is not None and hasattr(self.store, "wait_at_most"):
+                self.store.wait_at_most(remaining)  # a locked or slow store must not outlast the drain
             try:
                 if not self.step() and not self.spool.backlog_bytes():
                     break
@@ -145,8 +173,9 @@ class Writer:
         try:
             tmp.write_bytes(orjson.dumps(status))
             os.replace(tmp, path)
-        except OSError:  # a full disk: /healthz goes stale ("not reporting") until there is room again
-            tmp.unlink(missing_ok=True)
+        except OSError:  # a full or read-only disk: /healthz goes stale ("not reporting") until it heals
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def read_status(folder: Path) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from mongol.stores import open_store
 from mongol.writer import read_status
-from tests.conftest import BIN, HitStream, WireServer, http_get, stored_numbers, wait_until
+from tests.conftest import BIN, HitStream, WireServer, http_get, launch, stop_all, stored_numbers, wait_until
 
 pytestmark = pytest.mark.slow
 OUTAGE_SECONDS = 30
@@ -110,6 +110,68 @@ def test_sqlite_locked_loses_nothing(start_server, tmp_path):
           "each stored once")
     assert server.log().count("cannot store hits") == 1
     store.close()
+
+
+def test_mongodb_down_at_start_and_at_a_writer_restart_keeps_the_pixel_up(tmp_path):
+    wire = WireServer().start()
+    wire.stop()  # a free port that MongoDB will come back on
+    uri, spool = f"{wire.uri}/down?serverSelectionTimeoutMS=1000", tmp_path / "spool"
+    server = launch("mongol-serve", ["127.0.0.1:0", "--db", uri, "--spool", str(spool), "--workers", "1"],
+                    tmp_path, tmp_path / "serve.log", r"listening on http://127\.0\.0\.1:(\d+)/")
+    try:
+        assert "serving anyway" in server.log()
+        stream = HitStream(server.port, rate=200).start()
+        wait_until(lambda: len(stream.answered) > 300, 30, "hits answered with the store down")
+        assert health(server).startswith("degraded")
+        at_start = list(stream.answered)
+        wire.start()
+        reader = open_store(uri)
+        assert_each_stored_once(reader, at_start)
+        wait_until(lambda: health(server).startswith("ok"), 30, "/healthz ok")
+
+        wire.stop()
+        mark = stream.sent
+        writer = read_status(spool)["pid"]
+        os.kill(writer, signal.SIGKILL)  # the writer dies while MongoDB is down: its successor cannot reach it
+        wait_until(lambda: read_status(spool).get("pid") not in (None, writer), 30, "a new writer")
+        wait_until(lambda: len(stream.answered) > len(at_start) + 1500, 60, "hits answered after the restart")
+        assert server.proc.poll() is None, server.log()
+        wire.start()  # empty again: only what was spooled since the stop comes back
+        stream.stop()
+        since = [n for n in stream.answered if n >= mark]
+        counts = {n: c for n, c in assert_each_stored_once(reader, since).items() if n >= mark}
+        reader.close()
+        print(f"mongodb down at start: {len(at_start)} answered before it came up, all stored once; "
+              f"down at a writer restart: {tally(stream.sent - mark, since, counts)}; stream errors {stream.errors}")
+        assert stream.errors == 0 and set(stream.statuses) == {200}
+        server.signal(signal.SIGTERM)
+    finally:
+        stop_all([server])
+        wire.stop()
+
+
+def test_stop_is_bounded_by_drain_timeout_with_a_locked_store(start_server, tmp_path):
+    uri, spool = f"sqlite://{tmp_path}/hits.db", tmp_path / "spool"
+    server = start_server("--db", uri, "--spool", str(spool), "--drain-timeout", "5")
+    stream = HitStream(server.port, rate=500).start()
+    store = open_store(uri)
+    wait_until(lambda: store.count() > 100, 30, "hits stored")
+    locker = sqlite3.connect(tmp_path / "hits.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    answered = len(stream.answered)
+    wait_until(lambda: len(stream.answered) > answered + 500, 30, "hits answered while locked")
+    stream.stop()
+    began = time.monotonic()
+    assert server.signal(signal.SIGTERM, timeout=60) == 0
+    took = time.monotonic() - began
+    locker.execute("ROLLBACK")
+    locker.close()
+    start_server("--db", uri, "--spool", str(spool))
+    counts = assert_each_stored_once(store, stream.answered)
+    store.close()
+    print(f"SIGTERM with --drain-timeout 5 and the store locked: stopped in {took:.1f} s; "
+          f"{tally(stream.sent, stream.answered, counts)} after the next start")
+    assert took < 5 + 3, took  # the drain, plus the workers' 2 s for requests in flight
 
 
 # 2. Crash ---------------------------------------------------------------------------------------

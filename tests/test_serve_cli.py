@@ -10,7 +10,7 @@ from mongol.cli.serve import build_parser, parse_address
 from mongol.errors import MongolError
 from mongol.location import resolve_db_uri
 from mongol.stores import open_store
-from tests.conftest import BIN, http_get, wait_until
+from tests.conftest import BIN, http_get, launch, stop_all, wait_until
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -51,12 +51,20 @@ def test_bad_address_is_one_line_and_exit_2(run):
         "mongol-serve: error: bad address 'nowhere:port': expected [host:]port, such as 127.0.0.1:8000, :8000 or 8000"]
 
 
-def test_unreachable_mongodb_is_one_line_and_exit_1(run):
-    result = run("127.0.0.1:0", "--db", "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300")
-    assert result.returncode == 1
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith("mongol-serve: error: cannot reach MongoDB 127.0.0.1:1")
-    assert "Traceback" not in result.stderr
+def test_unreachable_mongodb_is_one_warning_and_the_pixel_serves(tmp_path):
+    # A store that does not answer is an outage, not a configuration error: hits wait in the spool
+    # (tests/test_reliability.py checks that they are stored once it answers).
+    server = launch("mongol-serve", ["127.0.0.1:0", "--db", "mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300"],
+                    tmp_path, tmp_path / "serve.log", r"listening on http://127\.0\.0\.1:(\d+)/")
+    try:
+        [line] = [x for x in server.log().splitlines() if "WARNING" in x]
+        assert "cannot reach MongoDB 127.0.0.1:1" in line and "serving anyway" in line
+        assert http_get(f"{server.url}/p.gif?site=a.org&url=/")[0] == 200
+        status, _, body = http_get(server.url + "/healthz")
+        assert status == 200 and body.startswith(b"degraded") and b"the store has failed" in body
+        assert "Traceback" not in server.log()
+    finally:
+        stop_all([server])
 
 
 @pytest.mark.parametrize(("uri", "message"), [

@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def tracking_options(args: argparse.Namespace) -> Tracking:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGHUP means "reopen the log files": before those are open it must not end the program (the
+    # supervisor blocks the other signals too, until it waits for them).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     args = build_parser().parse_args(argv)
     try:
         host, port = parse_address(args.address)

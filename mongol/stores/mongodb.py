@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pymongo
 from bson import Code, ObjectId
 from pymongo import ASCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from mongol.errors import StoreError
+from mongol.errors import StoreError, StoreUnavailable
 from mongol.stores import Hit
 
 DEFAULT_DATABASE = "mongol"
@@ -37,6 +38,7 @@ class MongoStore:
         except (PyMongoError, ValueError) as exc:  # pymongo says a bad port or host with ValueError
             raise StoreError(f"bad MongoDB URI: {exc}") from exc
         self.collection = self._db[COLLECTION]
+        self._timeout: float | None = None
         hosts = ",".join(f"{h}:{p}" for h, p in self._client.topology_description.server_descriptions()) or uri
         self.description = f"MongoDB {hosts}, database {self._db.name}, collection {COLLECTION}"
         try:
@@ -48,18 +50,23 @@ class MongoStore:
             raise
         except PyMongoError as exc:
             self._client.close()
-            raise StoreError(f"cannot create the indexes of {self.description}: {exc}") from exc
+            raise StoreUnavailable(f"cannot create the indexes of {self.description}: {exc}") from exc
 
     def ping(self) -> None:
         try:
             self._db.command("ping")
         except PyMongoError as exc:
-            raise StoreError(f"cannot reach {self.description}: {exc}") from exc
+            raise StoreUnavailable(f"cannot reach {self.description}: {exc}") from exc
+
+    def wait_at_most(self, seconds: float) -> None:
+        """Give up on an insert after this long from now on (a stop's deadline)."""
+        self._timeout = max(seconds, 0.001)
 
     def insert_many(self, hits: list[Hit]) -> int:
         docs = [{**hit, "_id": ObjectId(hit["_id"])} for hit in hits]
         try:
-            return len(self.collection.insert_many(docs, ordered=False).inserted_ids)
+            with pymongo.timeout(self._timeout):
+                return len(self.collection.insert_many(docs, ordered=False).inserted_ids)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != DUPLICATE_KEY for e in errors) or exc.details.get("writeConcernErrors"):

@@ -154,6 +154,10 @@ class SQLiteStore:
             raise
         self._db.execute("COMMIT")
 
+    def wait_at_most(self, seconds: float) -> None:
+        """Wait no longer than this for another process's lock from now on (a stop's deadline)."""
+        self._db.execute(f"PRAGMA busy_timeout = {max(1, min(int(seconds * 1000), BUSY_TIMEOUT_MS))}")
+
     def ping(self) -> None:
         try:
             self._db.execute("SELECT 1 FROM hits LIMIT 1").fetchall()
