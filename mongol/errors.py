@@ -12,3 +12,8 @@ class StoreError(MongolError):
 class StoreUnavailable(StoreError):
     """The store is configured right but does not answer now (a MongoDB server down): hits wait in
     the spool and the writer keeps trying."""
+
+
+class StoreMoved(StoreError):
+    """The store's file was removed or replaced while open: it must be opened again, never written
+    through the old handle."""

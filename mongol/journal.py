@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 
+from mongol.errors import MongolError
 from mongol.stores import Hit
 
 log = logging.getLogger("mongol.journal")
@@ -37,6 +38,7 @@ ROTATE_SECONDS = 2.0
 ROTATE_BYTES = 8 * 1024 * 1024
 SUFFIX = ".jsonl"
 MAKING = ".new"
+OWNER = "writer.lock"  # held by the one writer of the spool; says its PID and store
 
 
 def segment_name(seq: int) -> str:
@@ -66,12 +68,19 @@ class Journal:
         self._opened = 0.0
         self._size = 0
 
-    def _open(self) -> None:
+    def _make(self) -> int:
+        """A new segment, locked, under a name never used before; its descriptor."""
         self._seq += 1
         # Created under another name and locked before it gets its own: the writer must never see
         # a segment that is not locked yet, or it would take it for closed, and empty, and delete it.
         making = self.folder / f"{os.getpid()}-{os.urandom(8).hex()}{MAKING}"
-        fd = os.open(making, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # readable: see _rescue
+        try:
+            fd = os.open(making, flags, 0o640)
+        except FileNotFoundError:  # the spool folder was removed: make it again
+            log.error("the spool folder %s was removed; making it again", self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(making, flags, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             while True:
@@ -86,6 +95,10 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(making)
             raise
+        return fd
+
+    def _open(self) -> None:
+        fd = self._make()
         old, self._fd = self._fd, fd
         self._opened, self._size = time.monotonic(), 0
         if old >= 0:
@@ -107,9 +120,30 @@ class Journal:
         self._size += len(line)
 
     def rotate_if_old(self) -> None:
-        """Called about once a second: an idle or old segment is closed so that it can be deleted."""
+        """Called about once a second: an idle or old segment is closed so that it can be deleted;
+        one deleted under us (its folder removed) is copied to a new segment first."""
+        if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:
+            self._rescue()
         if self._fd >= 0 and time.monotonic() - self._opened >= ROTATE_SECONDS:
             self.close()
+
+    def _rescue(self) -> None:
+        """Our open segment has no name any more (someone removed it, or the folder): its hits live
+        only in this descriptor. Copy its complete lines to a new segment (ids already stored are
+        skipped by the store), so that nothing answered is lost; if that fails, try again later."""
+        old = self._fd
+        data = os.pread(old, os.fstat(old).st_size, 0)
+        data = data[:data.rfind(b"\n") + 1]
+        try:
+            fd = self._make()
+            os.write(fd, data)
+        except OSError as exc:
+            log.error("the spool segment of process %d was deleted and cannot be copied yet: %s", os.getpid(), exc)
+            return
+        log.error("the spool segment of process %d was deleted (was %s removed?): its %d bytes copied to a new one",
+                  os.getpid(), self.folder, len(data))
+        self._fd, self._opened, self._size = fd, time.monotonic(), len(data)
+        os.close(old)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -220,12 +254,49 @@ class Spool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._segments = {path.name: Segment(path, replay=True) for path in self.folder.glob(f"*{SUFFIX}")}
+        self._claim_fd, self._store = -1, None
         for making in self.folder.glob(f"*{MAKING}"):  # left by a process killed while making a segment
             with contextlib.suppress(OSError):
                 if time.time() - making.stat().st_mtime < 60:
                     continue  # maybe being made right now (not locked yet)
             if _is_closed(making):
                 making.unlink(missing_ok=True)  # never linked (nothing in it), or linked as well
+
+    def claim(self, store: str) -> None:
+        """Make this process the spool's only writer, for `store`; MongolError if another writer holds
+        it, or if it holds hits spooled for another store (they would go to the wrong place)."""
+        path = self.folder / OWNER
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # read-only: the folder can still be remounted read-only
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid, other = _owner(fd).get("pid", "?"), _owner(fd).get("store", "?")
+                raise MongolError(f"the spool {self.folder} is in use by the writer of another mongol-serve or "
+                                  f"mongol-ingest (PID {pid}, storing in {other}): give each its own --spool") from None
+            previous = _owner(fd).get("store")
+            if previous and previous != store and self.backlog_bytes():
+                raise MongolError(f"the spool {self.folder} holds hits spooled for {previous}, not {store}: start "
+                                  "with that store once to store them, or give this one its own --spool")
+            path.write_bytes(orjson.dumps({"pid": os.getpid(), "store": store}))
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._claim_fd >= 0:
+            os.close(self._claim_fd)
+        self._claim_fd, self._store = fd, store
+
+    def _check_folder(self) -> None:
+        """The folder removed under us: make it again (and claim it again), and say so once."""
+        if self.folder.is_dir():
+            return
+        log.error("the spool folder %s was removed; making it again (hits in segments closed then are lost)",
+                  self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._store is not None:
+            with contextlib.suppress(MongolError, OSError):
+                self.claim(self._store)
 
     def backlog_bytes(self) -> int:
         """Bytes of spooled hits not yet stored."""
@@ -241,6 +312,7 @@ class Spool:
     def read(self, max_lines: int) -> tuple[list[bytes], list[tuple[Segment, int, int]]]:
         """Up to max_lines complete lines not stored yet, oldest segments first, and marks to pass to
         `commit` once they are stored: (segment, how far it will be stored, how many lines from it)."""
+        self._check_folder()
         lines: list[bytes] = []
         marks: list[tuple[Segment, int, int]] = []
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
@@ -310,6 +382,13 @@ def _lock(fd: int) -> bool:
             return False
         raise
     return True
+
+
+def _owner(fd: int) -> dict:
+    try:
+        return orjson.loads(os.pread(fd, 65536, 0) or b"{}")
+    except orjson.JSONDecodeError:
+        return {}
 
 
 def _is_closed(path: Path) -> bool:

@@ -102,6 +102,7 @@ def _writer_main(settings: Settings, ready: int) -> int:
         except StoreUnavailable as exc:  # configured right, not answering: serve, and keep trying
             waiting = str(exc)
         spool = Spool(settings.spool)
+        spool.claim(_uri_for_logs(settings.db_uri))
     except (MongolError, OSError) as exc:
         message = str(exc) if isinstance(exc, MongolError) else f"cannot use the spool {settings.spool}: {exc}"
         os.write(ready, b"error " + message.encode())

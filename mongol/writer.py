@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from mongol.errors import StoreMoved
 from mongol.journal import Spool
 from mongol.stores import Store
 
@@ -67,6 +68,9 @@ class Writer:
             new = self._insert(lines) if lines else 0
         except Exception as exc:  # any store failure: the hits stay in the spool, retried later
             self._failed(exc)
+            if isinstance(exc, StoreMoved) and self.connect is not None and self.store is not None:
+                self.store.close()  # SQLite's last close also removes the old file's WAL beside the new one
+                self.store = None
             raise
         self.spool.commit(marks)
         self.stored += new

@@ -7,6 +7,7 @@ These are slow (each runs for tens of seconds by design): `pytest -m 'not slow'`
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -357,6 +358,99 @@ def test_full_disk_answers_503_and_no_answered_hit_lives_in_memory_only(tmp_path
         print(f"full disk: {tally(stream.sent, stream.answered, counts)}; {refused} answered 503 while full, "
               f"kill -9 of the worker while full; 20 of 20 first hits without a salt answered 503")
         store.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# Files moved under a running server ------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["deleted", "replaced by a copy"])
+def test_sqlite_file_deleted_or_replaced_under_the_server(start_server, tmp_path, how):
+    db = tmp_path / "hits.db"
+    server = start_server("--db", f"sqlite://{db}", "--workers", "1")
+    stream = HitStream(server.port, rate=500).start()
+    store = open_store(f"sqlite://{db}")
+    wait_until(lambda: store.count() > 200, 30, "hits stored")
+    store.close()
+    mark = stream.sent
+    if how == "deleted":
+        db.unlink()
+    else:
+        copy = tmp_path / "copy.db"
+        with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        os.replace(copy, db)
+    wait_until(lambda: len(stream.answered) > mark + 1000, 30, "hits answered after the move")
+    stream.stop()
+    since = [n for n in stream.answered if n >= mark]
+    wait_until(lambda: db.exists() and set(since) <= set(stored_numbers(open_store(f"sqlite://{db}"))), 30,
+               "hits answered after the move in the file now at the path")
+    store = open_store(f"sqlite://{db}")
+    counts = {n: c for n, c in stored_numbers(store).items() if n >= mark}
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store.close()
+    print(f"SQLite file {how}: from the move on, {tally(stream.sent - mark, since, counts)}")
+    assert not [n for n, c in counts.items() if c != 1]
+    assert server.log().count("was removed or replaced") == 1, server.log()
+
+
+def test_spool_folder_deleted_under_the_server(start_server, tmp_path):
+    spool, uri = tmp_path / "spool", f"sqlite://{tmp_path}/hits.db"
+    server = start_server("--db", uri, "--spool", str(spool), "--workers", "1")
+    stream = HitStream(server.port, rate=500).start()
+    store = open_store(uri)
+    wait_until(lambda: store.count() > 200, 30, "hits stored")
+    mark = stream.sent
+    shutil.rmtree(spool)
+    wait_until(lambda: len(stream.answered) > mark + 3000, 60, "hits answered after the removal")
+    stream.stop()
+    since = [n for n in stream.answered if n >= mark]
+    counts = {n: c for n, c in assert_each_stored_once(store, since).items() if n >= mark}
+    store.close()
+    print(f"spool folder removed: from the removal on, {tally(stream.sent - mark, since, counts)}; "
+          f"answers {stream.statuses}")
+    assert set(stream.statuses) == {200}
+    assert spool.is_dir() and "removed; making it again" in server.log()
+
+
+def test_spool_read_only_for_a_while_does_not_crash_the_writer(tmp_path):
+    spool, uri = tmp_path / "spool", f"sqlite://{tmp_path}/hits.db"
+    spool.mkdir()
+    script = (f"mount -t tmpfs -o size=64m tmpfs {spool} && exec {BIN / 'mongol-serve'} 127.0.0.1:0 "
+              f"--db {uri} --spool {spool} --workers 1")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script], stdout=out, stderr=out)
+    try:
+        port = int(wait_until(lambda: re.search(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text()), 30,
+                              "mongol-serve to listen").group(1))
+        first = HitStream(port, rate=500).start()
+        wait_until(lambda: len(first.answered) > 500, 30, "hits")
+        first.stop()
+        # a folder cannot be remounted read-only while files in it are open for writing: once idle, the
+        # worker closes its segment and the writer deletes it
+        wait_until(lambda: not list(Path(f"/proc/{proc.pid}/root{spool}").glob("*.jsonl")), 30, "an idle spool")
+        remount = ["nsenter", "-t", str(proc.pid), "-m", "mount", "-o"]
+        subprocess.run([*remount, "remount,ro", str(spool)], check=True)
+        stream = HitStream(port, rate=500, site="second.org").start()
+        wait_until(lambda: stream.statuses.get(503, 0) > 1000, 30, "the pixel to refuse hits")
+        subprocess.run([*remount, "remount,rw", str(spool)], check=True)
+        answered = len(stream.answered)
+        wait_until(lambda: len(stream.answered) > answered + 500, 30, "hits answered again")
+        stream.stop()
+        store = open_store(uri)
+        assert_each_stored_once(store, first.answered)
+        counts = {key: c for key, c in stored_pairs(store).items() if key[0] == "second.org"}
+        answered = [("second.org", n) for n in stream.answered]
+        store.close()
+        text = log.read_text()
+        print(f"spool read-only: {tally(stream.sent, answered, counts)}; answers {stream.statuses}")
+        assert set(answered) == set(counts)
+        assert "exited with" not in text and "Traceback" not in text, text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:

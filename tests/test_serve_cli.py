@@ -2,6 +2,7 @@
 
 import os
 import re
+import sqlite3
 import subprocess
 
 import pytest
@@ -141,3 +142,30 @@ def test_access_log(start_server, tmp_path):
     http_get(server.url + "/p.gif")
     wait_until(lambda: '"GET /p.gif" 400' in server.log(), 10, "the access log lines")
     assert '127.0.0.1 "GET /p.gif?site=a&url=/x" 200' in server.log()
+
+
+def test_two_servers_cannot_share_a_spool(run, start_server, tmp_path):
+    spool = tmp_path / "spool"
+    start_server("--db", f"sqlite://{tmp_path}/a.db", "--spool", str(spool))
+    for db in ("a.db", "b.db"):  # the same store or another: one writer per spool
+        result = run("127.0.0.1:0", "--db", f"sqlite://{tmp_path}/{db}", "--spool", str(spool))
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"mongol-serve: error: the spool {spool} is in use by the writer of another"), line
+
+
+def test_a_spool_holding_another_stores_hits_is_refused(run, start_server, tmp_path):
+    spool, a = tmp_path / "spool", f"sqlite://{tmp_path}/a.db"
+    server = start_server("--db", a, "--spool", str(spool), "--workers", "1")
+    locker = sqlite3.connect(tmp_path / "a.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the hits stay in the spool
+    assert http_get(f"{server.url}/p.gif?site=a.org&url=/")[0] == 200
+    server.proc.kill()
+    server.proc.wait()
+    locker.execute("ROLLBACK")
+    result = run("127.0.0.1:0", "--db", f"sqlite://{tmp_path}/b.db", "--spool", str(spool))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert f"the spool {spool} holds hits spooled for sqlite://{tmp_path}/a.db, not sqlite://{tmp_path}/b.db" in line
+    start_server("--db", a, "--spool", str(spool))
+    wait_until(lambda: open_store(a).count() == 1, 30, "the hit stored in its own store")

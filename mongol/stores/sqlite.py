@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from mongol.errors import StoreError
+from mongol.errors import StoreError, StoreMoved
 from mongol.stores import Hit
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -106,6 +106,11 @@ MATCH_FIELD = """EXISTS (SELECT 1 FROM json_each(doc) AS f WHERE f.key = ? AND (
     OR f.type = 'array' AND EXISTS (SELECT 1 FROM json_each(f.value) AS v WHERE v.type = 'text' AND v.value = ?)))"""
 
 
+def _inode(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def to_us(moment: datetime) -> int:
     """An aware datetime as integer microseconds since the epoch (exact, no float rounding)."""
     return (moment - EPOCH) // ONE_US
@@ -133,6 +138,7 @@ class SQLiteStore:
             self._db.executescript(SCHEMA)
             if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._migrate()
+            self._inode = _inode(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
 
@@ -168,6 +174,15 @@ class SQLiteStore:
         return self.insert_lines([orjson.dumps({**hit, "time": to_us(hit["time"])}) for hit in hits])
 
     def insert_lines(self, lines: list[bytes]) -> int:
+        # One stat per batch: a file removed or replaced under us would take the batch into a file
+        # nobody can open any more.
+        try:
+            moved = _inode(self.path) != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise StoreMoved(f"the SQLite file {self.path} was removed or replaced while mongol-serve had it open; "
+                             "opening it again")
         # The whole batch is one JSON array bound to one statement: no Python work per hit, and
         # one step of the engine per new row (a step per row in a busy process queues for the GIL).
         payload = (b"[" + b",".join(lines) + b"]").decode("utf-8", "replace")
