@@ -185,6 +185,20 @@ def _access_logged(app):  # noqa: ANN001 - WSGI in, WSGI out
     return logged
 
 
+def sd_notify(state: str) -> None:
+    """Tell systemd how the service stands, when it started us with Type=notify (NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", address, exc)
+
+
 def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -252,6 +266,7 @@ def _supervise(settings: Settings) -> int:
     else:
         listener.close()
         log.info("no workers: draining the spool %s only", settings.spool)
+    sd_notify("READY=1")  # systemd (Type=notify) sends a reload's SIGHUP only from now on
     retry_writer_at = None  # a writer that could not start again is retried, never fatal
     retry_delay = 1.0
     while True:
@@ -293,6 +308,7 @@ def _supervise(settings: Settings) -> int:
         else:
             break
     log.info("stopping: no new hits, then storing what is spooled")
+    sd_notify("STOPPING=1")
     # The whole stop takes the workers' time for requests in flight, then --drain-timeout: a writer
     # still busy then (a store that blocks, such as a locked SQLite file) is killed, which loses
     # nothing: what it has not stored stays in the spool for the next start.

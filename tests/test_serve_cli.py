@@ -2,6 +2,8 @@
 
 import os
 import re
+import shutil
+import signal
 import sqlite3
 import subprocess
 
@@ -169,3 +171,36 @@ def test_a_spool_holding_another_stores_hits_is_refused(run, start_server, tmp_p
     assert f"the spool {spool} holds hits spooled for sqlite://{tmp_path}/a.db, not sqlite://{tmp_path}/b.db" in line
     start_server("--db", a, "--spool", str(spool))
     wait_until(lambda: open_store(a).count() == 1, 30, "the hit stored in its own store")
+
+
+def test_systemd_is_told_when_it_listens_and_sighup_from_then_on_is_safe(tmp_path):
+    # The unit is Type=notify: a reload's SIGHUP (logrotate) reaches mongol-serve only after READY=1.
+    import socket
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mongol-notify-")  # short: a socket's path has at most 107 bytes
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(f"{folder}/notify")
+    notify.settimeout(30)
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([str(BIN / "mongol-serve"), "127.0.0.1:0", "--db", f"sqlite://{tmp_path}/h.db",
+                             "--log-file", str(log)], stdin=subprocess.DEVNULL,
+                            env={**os.environ, "NOTIFY_SOCKET": f"{folder}/notify",
+                                 "XDG_DATA_HOME": str(tmp_path / "data")})
+    try:
+        assert notify.recv(100) == b"READY=1"
+        assert re.search(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text()), "READY before listening"
+        for _ in range(50):
+            proc.send_signal(signal.SIGHUP)
+        port = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", log.read_text()).group(1)
+        assert http_get(f"http://127.0.0.1:{port}/p.gif?site=a.org&url=/")[0] == 200
+        assert proc.poll() is None
+        proc.terminate()
+        assert notify.recv(100) == b"STOPPING=1"
+        assert proc.wait(30) == 0
+    finally:
+        notify.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
