@@ -108,10 +108,11 @@ def filled(store_uri, store):
     now = datetime.now(UTC)
     recent = [now - timedelta(seconds=30 * (i + 1)) for i in range(8)]
     store.insert_many([
-        hit(recent[0], "a.org", utm_source="news"),
+        hit(recent[0], "a.org", utm_source="news", _country="DE"),
         hit(recent[1], "a.org", tag=["x", "news"]),
         hit(recent[2], "a.org", **{"\uff04where": "1"}),
-        *(hit(recent[3 + i], "b.org", utm_source="news" if i < 2 else "ads") for i in range(5)),
+        *(hit(recent[3 + i], "b.org", utm_source="news" if i < 2 else "ads",
+              **({"_bot": True, "_country": "DE"} if i == 0 else {})) for i in range(5)),
         *(hit(now - timedelta(minutes=m), "a.org", utm_source="news") for m in (10, 10, 20, 20)),
     ])
     return store_uri
@@ -162,6 +163,15 @@ CASES = [
     (["--match", "_ip=192.0.2.1", "--match", "site=b.org"], 0,
      "MONGOL OK - 5 hits in the last 5 minutes (_ip=192.0.2.1, site=b.org) | hits=5;;;0;"),
     (["--match", "utm_source=new"], 0, "MONGOL OK - 0 hits in the last 5 minutes (utm_source=new) | hits=0;;;0;"),
+    # server fields: bots left out, or counted alone; countries
+    (["--match", "_bot=true"], 0, "MONGOL OK - 1 hit in the last 5 minutes (_bot=true) | hits=1;;;0;"),
+    (["--match", "_bot=false"], 0, "MONGOL OK - 7 hits in the last 5 minutes (_bot=false) | hits=7;;;0;"),
+    (["--site", "b.org", "--match", "_bot=false", "-c", "5:"], 2,
+     "MONGOL CRITICAL - 4 hits in the last 5 minutes (site b.org, _bot=false), outside the critical range 5: "
+     "| hits=4;;5:;0;"),
+    (["--match", "_country=DE"], 0, "MONGOL OK - 2 hits in the last 5 minutes (_country=DE) | hits=2;;;0;"),
+    (["--match", "_country=DE", "--match", "_bot=false"], 0,
+     "MONGOL OK - 1 hit in the last 5 minutes (_country=DE, _bot=false) | hits=1;;;0;"),
 ]
 
 
@@ -190,6 +200,7 @@ def test_in_process_with_a_fixed_clock(filled, capsys):
     (["-m", "0"], "MONGOL UNKNOWN - --minutes and --timeout must be positive"),
     (["-m", "five"], "MONGOL UNKNOWN - argument -m/--minutes: invalid float value: 'five'"),
     (["--match", "pageviews=1"], "MONGOL UNKNOWN - bad --match 'pageviews=1'"),
+    (["--match", "_bot=yes"], "MONGOL UNKNOWN - bad --match '_bot=yes': _bot is true or false"),
 ])
 def test_bad_usage_is_unknown(filled, args, message):
     code, line = check("--db", filled, *args)

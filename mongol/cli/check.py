@@ -19,7 +19,9 @@ from mongol.location import ENV_VAR, default_db_path, resolve_db_uri
 from mongol.nagios import RANGE_SYNTAX, State, judge, parse_range, perfdata, status_line
 
 SERVICE = "MONGOL"
-SERVER_FIELDS = ("_ip", "_ua")  # fields the server sets that can be matched (time is the window)
+# Fields the server sets that can be matched (time is the window); the flags are true or absent.
+SERVER_FIELDS = ("_ip", "_ua", "_visitor", "_browser", "_os", "_device", "_country", "_city", "_source")
+SERVER_FLAGS = ("_bot", "_internal")
 T = TypeVar("T")
 
 
@@ -45,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count the hits of the last N minutes (default 5)")
     parser.add_argument("-s", "--site", metavar="SITE", help="only the hits of this site")
     parser.add_argument("--match", metavar="FIELD=VALUE", action="append", default=[],
-                        help="only the hits whose FIELD (a pixel parameter as the client sends it, or _ip or _ua) "
-                             "is exactly VALUE, or a list holding it; repeatable, all must match")
+                        help="only the hits whose FIELD (a pixel parameter as the client sends it, or a server "
+                             f"field: {', '.join(SERVER_FIELDS)}) is exactly VALUE, or a list holding it; "
+                             f"{' and '.join(SERVER_FLAGS)} take true or false (false: humans, for _bot); "
+                             "repeatable, all must match")
     parser.add_argument("-w", "--warning", metavar="RANGE", help="WARNING when the count alerts against RANGE")
     parser.add_argument("-c", "--critical", metavar="RANGE", help="CRITICAL when the count alerts against RANGE")
     parser.add_argument("-t", "--timeout", type=float, default=10.0, metavar="SECONDS",
@@ -55,23 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_matches(specs: list[str]) -> dict[str, str]:
+def parse_matches(specs: list[str]) -> dict[str, str | bool]:
     """`--match FIELD=VALUE` options as stored field names and values; FIELD is sanitised as the pixel
-    sanitises parameter names, so `$where=1` matches the stored `\uff04where`."""
-    match: dict[str, str] = {}
+    sanitises parameter names, so `$where=1` matches the stored `\uff04where`. A flag's value is a bool."""
+    match: dict[str, str | bool] = {}
     for spec in specs:
         raw, sep, value = spec.partition("=")
-        name = raw if raw in SERVER_FIELDS else clean_name(raw)
+        name = raw if raw in SERVER_FIELDS + SERVER_FLAGS else clean_name(raw)
         if not sep or name is None:
             raise MongolError(f"bad --match {spec!r}: expected FIELD=VALUE, where FIELD is a parameter of the "
-                              "pixel (not time, pageviews or a name starting with _) or _ip or _ua")
+                              "pixel (not time, pageviews or another name starting with _) or one of "
+                              f"{', '.join(SERVER_FIELDS + SERVER_FLAGS)}")
         if name in match:
             raise MongolError(f"bad --match {spec!r}: {raw} is matched twice")
-        match[name] = value
+        if name in SERVER_FLAGS:
+            if value not in ("true", "false"):
+                raise MongolError(f"bad --match {spec!r}: {name} is true or false")
+            match[name] = value == "true"
+        else:
+            match[name] = value
     return match
 
 
-def count_hits(uri: str, start: datetime, site: str | None, match: dict[str, str]) -> int:
+def count_hits(uri: str, start: datetime, site: str | None, match: dict[str, str | bool]) -> int:
     """The hits with time >= start (up to now and beyond: a clock ahead still counts)."""
     from mongol.stores import open_store, sqlite_path
 
@@ -108,10 +118,11 @@ def within(seconds: float, work: Callable[[], T]) -> T:
     return value
 
 
-def describe(count: int, minutes: float, site: str | None, match: dict[str, str]) -> str:
+def describe(count: int, minutes: float, site: str | None, match: dict[str, str | bool]) -> str:
     """`42 hits in the last 5 minutes (site example.com, utm_source=news)`."""
     window = "the last minute" if minutes == 1 else f"the last {minutes:g} minutes"
-    scope = ([f"site {site}"] if site is not None else []) + [f"{k}={v}" for k, v in match.items()]
+    scope = [f"site {site}"] if site is not None else []
+    scope += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in match.items()]
     return (f"{count} hit{'' if count == 1 else 's'} in {window}"
             + (f" ({', '.join(scope)})" if scope else ""))
 

@@ -37,9 +37,10 @@ class Store(Protocol):
         """The hits with start <= time < end (either bound optional), optionally of one site."""
 
     def count(self, start: datetime | None = None, end: datetime | None = None,
-              site: str | None = None, match: dict[str, str] | None = None) -> int:
+              site: str | None = None, match: dict[str, str | bool] | None = None) -> int:
         """How many hits `hits()` would give for the same arguments; with `match`, only those whose
-        field NAME is the string VALUE (or a list holding it), for every NAME: VALUE pair."""
+        field NAME is the string VALUE (or a list holding it), for every NAME: VALUE pair; a bool
+        VALUE matches a flag (True: the field is true; False: it is not)."""
 
     def pageviews_by_page(self, start: datetime | None = None,
                           site: str | None = None) -> Iterator[tuple[dict[str, Any], Any]]:

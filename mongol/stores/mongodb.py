@@ -102,12 +102,13 @@ class MongoStore:
             yield doc
 
     def count(self, start: datetime | None = None, end: datetime | None = None,
-              site: str | None = None, match: dict[str, str] | None = None) -> int:
+              site: str | None = None, match: dict[str, str | bool] | None = None) -> int:
         query = self._filter(start, end, site)
         if match:
             if any(name.startswith("$") or "." in name or not name for name in match):
                 raise ValueError(f"field names must not be empty, start with $ or hold a dot: {list(match)}")
-            query = {"$and": [query, *({name: value} for name, value in match.items())]}
+            query = {"$and": [query, *({name: value if value is not False else {"$ne": True}}
+                                       for name, value in match.items())]}
         return self.collection.count_documents(query)
 
     def pageviews_by_page(self, start: datetime | None = None,

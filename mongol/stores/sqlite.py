@@ -106,6 +106,9 @@ MATCH_FIELD = """EXISTS (SELECT 1 FROM json_each(doc) AS f WHERE f.key = ? AND (
     OR f.type = 'array' AND EXISTS (SELECT 1 FROM json_each(f.value) AS v WHERE v.type = 'text' AND v.value = ?)))"""
 
 
+MATCH_TRUE = "EXISTS (SELECT 1 FROM json_each(doc) AS f WHERE f.key = ? AND f.type = 'true')"
+
+
 def _inode(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
@@ -215,11 +218,16 @@ class SQLiteStore:
             yield hit
 
     def count(self, start: datetime | None = None, end: datetime | None = None,
-              site: str | None = None, match: dict[str, str] | None = None) -> int:
+              site: str | None = None, match: dict[str, str | bool] | None = None) -> int:
         where, args = self._where(start, end, site)
         for name, value in (match or {}).items():
-            where += (" AND " if where else " WHERE ") + MATCH_FIELD
-            args += [name, value, value]
+            where += " AND " if where else " WHERE "
+            if isinstance(value, bool):  # a flag: true, or absent (anything but true)
+                where += ("" if value else "NOT ") + MATCH_TRUE
+                args.append(name)
+            else:
+                where += MATCH_FIELD
+                args += [name, value, value]
         return self._db.execute(f"SELECT count(*) FROM hits{where}", args).fetchone()[0]
 
     def hit_source(self, start: datetime | None, site: str | None, fields: frozenset[str] | None) -> "SQLiteHits":
