@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from mongol import sitelog
 from mongol.hit import Hit, Network, RequestError, hit_from_environ
 from mongol.tracking import is_prefetch
 
@@ -57,14 +58,21 @@ class BadLine(ValueError):
 
 
 def parse_datagram(data: bytes) -> dict[str, str]:
-    """The JSON object a syslog datagram from nginx carries; BadLine if it is not one."""
+    """The JSON object a syslog datagram from nginx carries; BadLine if it is not one. A site log line
+    (mongol.sitelog) comes back as it is; a pixel line must hold FIELDS."""
     header = _SYSLOG_HEADER.match(data)
     if header is None:
         raise BadLine(f"not a syslog line from nginx: {data[:80]!r}")
+    message = data[header.end():].decode("latin-1")
     try:
-        entry = orjson.loads(data[header.end():].decode("latin-1"))
+        entry = orjson.loads(message)
     except orjson.JSONDecodeError as exc:
-        raise BadLine(f"the message is not JSON ({exc}): {data[header.end():header.end() + 80]!r}") from None
+        try:  # a format logged without escape=json (Matomo's documented one): nginx's \xHH escapes
+            entry = orjson.loads(sitelog.unescape_nginx(message))
+        except orjson.JSONDecodeError:
+            raise BadLine(f"the message is not JSON ({exc}): {data[header.end():header.end() + 80]!r}") from None
+    if type(entry) is dict and sitelog.site_format(entry):
+        return entry
     if type(entry) is not dict or any(type(entry.get(name)) is not str for name in FIELDS):
         raise BadLine(f"the message lacks {', '.join(FIELDS)} as strings: is nginx using "
                       f"scripts/nginx-mongol.conf's log_format? {data[header.end():header.end() + 80]!r}")
@@ -139,14 +147,24 @@ class Ingest:
         self.received += 1
         try:
             entry = parse_datagram(data)
-            if not is_pixel_hit(entry):
+            kind = sitelog.site_format(entry)
+            params = None
+            if kind is not None:  # a request to the site itself: a page view, or nothing
+                made = sitelog.page_view(entry, kind, time_us)
+                if made is None:
+                    self.ignored += 1
+                    return
+                environ, params, when = made
+                entry = {"uri": params["url"], "addr": environ["REMOTE_ADDR"]}  # for the complaints
+            elif not is_pixel_hit(entry):
                 self.ignored += 1
                 return
-            environ = environ_from_entry(entry)
-            if self.tracker is None:
-                hit = hit_from_environ(environ, self.trusted, time_us(entry))
             else:
-                hit = self.tracker.make(environ, time_us(entry))[0]
+                environ, when = environ_from_entry(entry), time_us(entry)
+            if self.tracker is None:
+                hit = hit_from_environ(environ, self.trusted, when, params=params)
+            else:
+                hit = self.tracker.make(environ, when, params=params)[0]
                 if hit is None:  # opted out, with --dnt skip
                     self.ignored += 1
                     return

@@ -195,6 +195,21 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     stop_all(servers)
 
 
+@pytest.fixture
+def start_ingest(tmp_path):
+    """Start `mongol-ingest 127.0.0.1:0 ARGS...`; returns once it listens (its writer has opened the store)."""
+    started: list[Server] = []
+
+    def start(*args: str) -> Server:
+        ingester = launch("mongol-ingest", ["127.0.0.1:0", *args], tmp_path, tmp_path / f"ingest-{len(started)}.log",
+                          r"listening on udp://127\.0\.0\.1:(\d+) ")
+        started.append(ingester)
+        return ingester
+
+    yield start
+    stop_all(started)
+
+
 def raw_request(port: int, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
     """Send bytes as they are (no client-side checks) and parse the HTTP response."""
     import http.client

@@ -21,7 +21,7 @@ from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, ope
 from mongol.location import default_spool
 from mongol.stores import open_store
 from mongol.tracking import Salts, Tracker, Tracking
-from tests.conftest import BIN, START_TIMEOUT, Server, launch, raw_request, stop_all, stored, wait_until
+from tests.conftest import BIN, START_TIMEOUT, raw_request, stored, wait_until
 from tests.test_enrich import AGENTS
 
 ROOT = Path(__file__).parent.parent
@@ -224,21 +224,6 @@ def test_own_spool_unless_mongol_serve_drains_it(tmp_path):
 
 
 # The real programs ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def start_ingest(tmp_path):
-    """Start `mongol-ingest 127.0.0.1:0 ARGS...`; returns once it listens (its writer has opened the store)."""
-    started: list[Server] = []
-
-    def start(*args: str) -> Server:
-        ingester = launch("mongol-ingest", ["127.0.0.1:0", *args], tmp_path, tmp_path / f"ingest-{len(started)}.log",
-                          r"listening on udp://127\.0\.0\.1:(\d+) ")
-        started.append(ingester)
-        return ingester
-
-    yield start
-    stop_all(started)
 
 
 def nginx_ready(proc: subprocess.Popen, port: int) -> object:
