@@ -17,11 +17,11 @@ from mongol.mapreduce import (
     CompileError,
     Limits,
     MapReduceError,
-    _Engine,
     check_compiles,
     map_reduce,
     map_reduce_source,
 )
+from mongol.mapreduce.engine import Engine
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
 MAPPER = "function () { emit({url: this.url, title: this.title}, this.pageviews); }"
@@ -486,7 +486,7 @@ def test_javascript_reaches_nothing_outside():
 
 def test_dynamic_import_loads_no_module():
     # In the worker's engine, with its pending jobs run so that each import settles.
-    engine = _Engine(["function () {}", SUM, None], Limits(cpu_seconds=5, memory_mb=32))
+    engine = Engine(["function () {}", SUM, None], Limits(cpu_seconds=5, memory_mb=32))
     path = os.path.abspath(__file__)
     engine.ctx.eval("globalThis.settled = {}")
     for name in ["os", "std", "qjs:os", "qjs:std", "qjs:bjson", path, "file://" + path, "./test_mapreduce.py"]:
