@@ -18,7 +18,7 @@ own to read and feed the workers.
 
 The package, one concern per module: api (limits, errors, HitSource), codec (Python <-> the engine's
 JSON), driver.js (the JavaScript side), engine (one QuickJS context), worker (the worker process),
-pool (the parent's side of the workers); this module runs them.
+source (what a mapper may be), pool (the parent's side of the workers); this module runs them.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from mongol.mapreduce.api import (
     MapReduceError,
 )
 from mongol.mapreduce.codec import DATE_TAG, encode_batch, fields_read
-from mongol.mapreduce.engine import check_compiles, sources_of
 from mongol.mapreduce.pool import Pool
+from mongol.mapreduce.source import check_compiles, sources_of
 
 __all__ = ["BATCH_SIZE", "DATE_TAG", "CompileError", "HitSource", "Limits", "MapReduceError", "check_compiles",
            "encoded_batches", "map_reduce", "map_reduce_encoded", "map_reduce_source", "mapper_fields"]

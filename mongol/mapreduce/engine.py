@@ -1,5 +1,4 @@
-"""One QuickJS context holding the driver (driver.js) and the user's functions, with its CPU accounting;
-and the compile check that proves a source is one function expression without running it."""
+"""One QuickJS context holding the driver (driver.js) and the user's functions, with its CPU accounting."""
 
 from __future__ import annotations
 
@@ -9,96 +8,13 @@ from importlib.resources import files
 from typing import Any
 
 from mongol.mapreduce.api import OPTIONS, CompileError, Limits
+from mongol.mapreduce.source import function_source, js_error_text
 
 #: The JavaScript side, read once per process.
 DRIVER = files("mongol.mapreduce").joinpath("driver.js").read_text(encoding="utf-8")
 
 # What the engine was doing, by the number the driver keeps in __mongol_phase (for error messages).
 PHASES = ("mapper", "reducer", "finalize", "converting the results", "reading the hits", "merging the results")
-
-
-def js_error_text(exc: BaseException, limit: int = 300) -> str:
-    """The first line of a JavaScript exception: "TypeError: cannot read property 'x' of undefined"."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else type(exc).__name__
-    if len(first) > limit:
-        first = first[:limit] + "..."
-    if len(lines) > 1 and lines[1] == "undefined":  # something other than an Error was thrown
-        return f"uncaught exception: {first}"
-    return first
-
-
-_SYNTAX_AT = re.compile(r"at <input>:(\d+):(\d+)")
-
-
-def compile_check(ctx: Any, option: str, source: str) -> None:
-    """Raise CompileError unless `source` is one JavaScript expression; runs none of it.
-
-    QuickJS compiles a whole script before running its first statement, so a script that starts
-    with `throw` shows whether the rest compiles without executing it. The source must compile both
-    as `(SOURCE)` and as `(0 ? SOURCE : 0)`. Breaking out of the first takes an unmatched `)`; out of
-    the second, that or a `:` outside any `?`, both of which the first rejects. So the source is one
-    expression in both, and the second (where a top-level comma cannot appear) makes it a single one.
-    """
-    if not isinstance(source, str):
-        raise CompileError(option, f"{option} must be JavaScript source text, not {type(source).__name__}")
-    if not source.strip():
-        raise CompileError(option, f"{option} is empty: expected a function such as function () {{ ... }}")
-    import quickjs
-
-    # The source starts at line 2, column 1 of each wrapper, so error positions map back directly.
-    for prefix, suffix in (("throw 0; (\n", "\n)"), ("throw 0; (0 ? \n", "\n : 0)")):
-        try:
-            ctx.eval(prefix + source + suffix)
-        except quickjs.JSException as exc:
-            text = str(exc)
-            if not text.startswith("SyntaxError"):
-                if text.startswith("0"):  # our `throw 0`: it compiled
-                    continue
-                raise CompileError(option, f"{option} does not compile: {js_error_text(exc)}") from None
-            where = ""
-            m = _SYNTAX_AT.search(text)
-            if m:
-                line = int(m.group(1)) - 1
-                if 1 <= line <= source.count("\n") + 1:
-                    where = f" (line {line}, column {m.group(2)})"
-                else:
-                    where = " (at the end)"
-            raise CompileError(option, f"{option} does not compile: {js_error_text(exc)}{where}") from None
-    if not _FUNCTION_START.match(_strip_leading_comments(source)):
-        raise CompileError(option, f"{option} is not a function expression: expected function (...) {{ ... }} "
-                                   f"or an arrow function")
-
-
-_FUNCTION_START = re.compile(r"(?:async\b\s*)?(?:function\b|\(|[A-Za-z_$][\w$]*\s*=>)")
-_LEADING_COMMENTS = re.compile(r"(?:\s+|//[^\n]*|/\*.*?\*/)*", re.DOTALL)
-
-
-def _strip_leading_comments(source: str) -> str:
-    return source[_LEADING_COMMENTS.match(source).end():]
-
-
-def sources_of(mapper: str, reducer: str, finalize: str | None) -> list[str | None]:
-    if isinstance(finalize, str) and not finalize.strip():
-        finalize = None
-    return [mapper, reducer, finalize]
-
-
-def check_compiles(mapper: str, reducer: str, finalize: str | None = None) -> None:
-    """Raise CompileError naming the option whose source does not compile (must be a function expression).
-
-    Nothing of the sources runs here: this is a syntax check plus a check that each source is a
-    single expression starting like a function. That it really evaluates to a function is checked,
-    inside a worker, when a run starts. A blank `finalize` counts as none.
-    """
-    import quickjs  # imported late: importing it starts a thread, which a program that never checks JS can skip
-
-    ctx = quickjs.Context()
-    ctx.set_memory_limit(64 * 1024 * 1024)
-    ctx.set_time_limit(5)  # parsing only, but a huge source should not stall the caller
-    for option, source in zip(OPTIONS, sources_of(mapper, reducer, finalize), strict=True):
-        if source is not None:
-            compile_check(ctx, option, source)
 
 
 # How the binding shows a thrown null (a thrown "null" string reads "null\nundefined"). QuickJS throws
@@ -143,10 +59,10 @@ class Engine:
             if source is None:
                 continue
             try:
-                compile_check(self.ctx, option, source)
+                source = function_source(self.ctx, option, source)
             except CompileError as exc:
                 raise Fatal("compile", option, str(exc)) from None
-            # compile_check proved the source a single expression: it cannot break out of the call.
+            # function_source proved the source a single expression: it cannot break out of the call.
             kind = self._call(self.ctx.eval, f"__mongol_install({which}, (\n{source}\n))", option=option,
                               compiling=True)
             if kind != "function":
@@ -197,11 +113,11 @@ class Engine:
         except Exception:  # the context may be out of memory: fall back to a generic name
             return "map/reduce"
 
-    def map(self, text: str) -> None:
-        self._call(self.map_, text)
+    def map(self, text: str, ordered: bool) -> None:
+        self._call(self.map_, text, ordered)
 
-    def map_hits(self, text: str, tagged: bool) -> None:
-        self._call(self.map_hits_, text, tagged)
+    def map_hits(self, text: str, tagged: bool, ordered: bool) -> None:
+        self._call(self.map_hits_, text, tagged, ordered)
 
     def finish(self) -> str:
         return self._call(self.finish_, next_up="reducer")
@@ -209,5 +125,5 @@ class Engine:
     def partial(self, n: int) -> list[str]:
         return [self._call(self.partial_, n, p, next_up="reducer") for p in range(n)]
 
-    def absorb(self, text: str) -> None:
-        self._call(self.absorb_, text, next_up="merging the results")
+    def absorb(self, text: str, ordered: bool) -> None:
+        self._call(self.absorb_, text, ordered, next_up="merging the results")

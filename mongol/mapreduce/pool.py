@@ -51,6 +51,7 @@ class Pool:
         self.stall = limits.cpu_seconds + STALL_SLACK_SECONDS
         self.mapped = 0  # hits the workers reported mapped (reading a HitSource)
         self.told = 0.0  # when the workers' allowances were last sent
+        self.results_bytes = 0  # results text received from the workers
 
     def __enter__(self) -> Pool:
         return self
@@ -176,7 +177,15 @@ class Pool:
             worker.used, count = F8U4.unpack_from(msg, 1)
             self.mapped += count
             worker.credits += 1
-        elif op in (b"Q", b"O"):
+        elif op == b"Q":
+            worker.replies.append(msg)
+        elif op == b"O":
+            # Each worker's results fit its own memory limit, but the parent decodes all of them: it
+            # takes one limit's worth of results text in all, no more.
+            self.results_bytes += len(msg)
+            if self.results_bytes > self.limits.memory_mb * 1024 * 1024:
+                raise MapReduceError(f"the results exceed the memory limit of {self.limits.memory_mb} MB "
+                                     f"(results of all workers, as JSON): emit fewer keys or smaller values")
             worker.replies.append(msg)
         elif op == b"E":
             self._raise(msg[1:])

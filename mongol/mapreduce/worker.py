@@ -17,6 +17,7 @@ import orjson
 
 from mongol.errors import MongolError
 from mongol.mapreduce.api import HitSource, Limits
+from mongol.mapreduce.codec import fields_read, may_reorder
 from mongol.mapreduce.engine import Engine, Fatal
 
 #: While workers read a HitSource: how long (seconds) each maps hits between reports of its progress
@@ -48,6 +49,8 @@ def worker_main(conn: Connection, sources: list[str | None], limits: Limits, hit
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole group
     try:
         engine = Engine(sources, limits)
+        # Whether the mapper may see the order of the hit's own fields (see may_reorder).
+        whole = sources[0] is None or fields_read(sources[0].strip()) is None
         conn.send_bytes(b"R")
         # A reader thread keeps the pipe drained while the engine (which releases the GIL) works,
         # so the parent never blocks sending to a busy worker and can feed the others meanwhile.
@@ -57,21 +60,23 @@ def worker_main(conn: Connection, sources: list[str | None], limits: Limits, hit
             op = msg[:1]
             if op == b"B":
                 (engine.allowance,) = F8.unpack_from(msg, 1)
-                engine.map(msg[1 + F8.size:].decode())
+                text = msg[1 + F8.size:].decode()
+                engine.map(text, may_reorder(text, whole))
                 conn.send_bytes(b"A" + F8.pack(engine.used))
             elif op == b"S":
                 # The others' use only grows: an L that overtook this message is the more recent.
                 engine.allowance = min(engine.allowance, F8.unpack_from(msg, 1)[0])
                 mapped, reported = 0, time.monotonic()
                 for count, text, tagged in _read_part(hits, orjson.loads(msg[1 + F8.size:])):  # type: ignore[arg-type]
-                    engine.map_hits(text, tagged)
+                    engine.map_hits(text, tagged, may_reorder(text, whole))
                     mapped += count
                     if time.monotonic() - reported >= REPORT_EVERY:
                         conn.send_bytes(b"U" + F8U4.pack(engine.used, mapped))
                         mapped, reported = 0, time.monotonic()
                 conn.send_bytes(b"D" + F8U4.pack(engine.used, mapped))
             elif op == b"I":
-                engine.absorb(msg[1:].decode())
+                text = msg[1:].decode()
+                engine.absorb(text, may_reorder(text, True))
             elif op == b"P":
                 engine.allowance, n = F8U4.unpack_from(msg, 1)
                 for text in engine.partial(n):
