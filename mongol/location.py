@@ -29,12 +29,15 @@ def resolve_db_uri(option: str | None) -> str:
 def checked_db_uri(option: str | None) -> str:
     """resolve_db_uri, checked as every program checks it before it starts: StoreError (one line) for an
     SQLite URI that names no file, or a file whose folder does not exist (the default store's folder is
-    created). A typo must not give each program a store of its own."""
+    created). A typo must not give each program a store of its own. An SQLite URI comes back naming its
+    file by absolute path (`sqlite:////abs/file.db`), so that every process of the program opens that
+    file, whatever its current folder."""
     uri = resolve_db_uri(option)
     if uri.startswith("sqlite:"):
-        from mongol.stores import check_sqlite_folder
+        from mongol.stores import check_sqlite_folder, sqlite_path
 
         check_sqlite_folder(uri)
+        return "sqlite:///" + sqlite_path(uri)
     return uri
 
 

@@ -166,3 +166,11 @@ def test_results_beyond_the_memory_limit_fail_the_run():
     result = map_reduce(hits[:70], "function () { emit(this.k, 1); }", SUM, finalize, workers=3,
                         limits=Limits(memory_mb=40))
     assert len(result) == 70 and {len(v) for _, v in result} == {500_000}
+
+
+def test_json_stringify_in_user_code_still_writes_dates_as_iso():
+    # The driver tags dates only while it writes a key's canonical string.
+    mapper = "function () { var d = new Date(0); emit({d: d}, JSON.stringify({d: d})); emit('n', d.toJSON()); }"
+    result = dict((repr(k), v) for k, v in map_reduce([{}], mapper, "function (k, vs) { return vs[0]; }"))
+    assert result == {repr({"d": datetime(1970, 1, 1, tzinfo=UTC)}): '{"d":"1970-01-01T00:00:00.000Z"}',
+                      repr("n"): "1970-01-01T00:00:00.000Z"}

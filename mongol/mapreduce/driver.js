@@ -14,7 +14,9 @@ let parts = null;             // partitions computed by partial()
 let mapping = false;          // emit() is for the mapper only
 const dateProto = Date.prototype;
 const origToJSON = dateProto.toJSON;
-function taggedDate() { return {[DATE]: this.getTime()}; }
+function define(o, name, f) {
+  Object.defineProperty(o, name, {value: f, writable: true, configurable: true, enumerable: false});
+}
 
 g.__mongol_phase = 3;
 
@@ -22,10 +24,16 @@ g.__mongol_phase = 3;
 function keyField(k, v) { return v === undefined ? UNDEFINED : v; }
 
 // The canonical string of an object key. A Date must not equal the string of its ISO form: let
-// JSON.stringify tag dates natively.
+// JSON.stringify tag dates natively, through a toJSON that tags only while a key is being written
+// (cheaper than swapping Date.prototype.toJSON for every key, which also invalidates the engine's
+// caches of that prototype).
+let inKey = false;
+define(dateProto, "toJSON", function toJSON(key) {
+  return inKey ? {[DATE]: this.getTime()} : origToJSON.call(this, key);
+});
 function keyJSON(k) {
-  dateProto.toJSON = taggedDate;
-  try { return JSON.stringify(k, keyField); } finally { dateProto.toJSON = origToJSON; }
+  inKey = true;
+  try { return JSON.stringify(k, keyField); } finally { inKey = false; }
 }
 
 // An own "__proto__" field (JSON.parse makes them) must stay a field: plain assignment would call the
