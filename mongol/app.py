@@ -200,10 +200,10 @@ class _LazyApplication:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if self._app is None:
             from mongol.journal import Journal, Recorder
-            from mongol.location import default_spool, resolve_db_uri
+            from mongol.location import checked_db_uri, default_spool
             from mongol.tracking import Salts, Tracking
 
-            spool = Path(os.environ.get("MONGOL_SPOOL") or default_spool(resolve_db_uri(None)))
+            spool = Path(os.environ.get("MONGOL_SPOOL") or default_spool(checked_db_uri(None)))
             recorder = Recorder(Journal(spool))
             proxies = [p for p in os.environ.get("MONGOL_TRUSTED_PROXIES", "").split(",") if p.strip()]
             trusted = parse_networks(proxies)

@@ -454,9 +454,14 @@ def test_a_mistyped_sqlite_path_is_refused_before_anything_is_written(tmp_path, 
     result = report(config, f"sqlite://{wrong}", *(["--dry-run"] if dry_run else []))
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr == (f"mongol-report: no SQLite store at {wrong}: mongol-serve creates it when it starts "
-                             "(is --db right?); nothing written\n")
+    assert result.stderr == (f"mongol-report: no SQLite store at {wrong}: its folder {wrong.parent} does not exist "
+                             f"(from sqlite://{wrong}); create the folder or correct the URI\n")
     assert not (tmp_path / "mistyped").exists()
+    result = report(config, f"sqlite://{tmp_path}/typo.db", *(["--dry-run"] if dry_run else []))
+    assert result.returncode == 1
+    assert result.stderr == (f"mongol-report: no SQLite store at {tmp_path}/typo.db: mongol-serve creates it when it "
+                             "starts (is --db right?); nothing written\n")
+    assert not (tmp_path / "typo.db").exists()
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # s.json kept, no t.json
 
 

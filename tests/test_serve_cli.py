@@ -72,7 +72,8 @@ def test_unreachable_mongodb_is_one_warning_and_the_pixel_serves(tmp_path):
 
 @pytest.mark.parametrize(("uri", "message"), [
     ("redis://x", "unknown store URI 'redis://x'"),
-    ("sqlite:///proc/nope/x.db", "cannot open the SQLite store /proc/nope/x.db"),
+    ("sqlite:///proc/nope/x.db", "no SQLite store at /proc/nope/x.db: its folder /proc/nope does not exist"),
+    ("sqlite:///proc/self/x.db", "cannot open the SQLite store /proc/self/x.db"),
     ("mongodb://h:notaport/x", "bad MongoDB URI: Port contains non-digit characters"),
 ])
 def test_bad_store_is_one_line(run, uri, message):

@@ -100,6 +100,7 @@ def test_mongodb_uri_without_a_database_uses_mongol_and_its_options_are_pymongos
 
 
 def test_sqlite_layout(tmp_path):
+    (tmp_path / "nested/dir").mkdir(parents=True)  # the folder must exist (tests/test_store_uris.py)
     store = open_store(f"sqlite://{tmp_path}/nested/dir/hits.db")
     store.insert_many([make_hit(0, title="x")])
     store.close()
@@ -112,10 +113,9 @@ def test_sqlite_layout(tmp_path):
     assert {"hits_time_id", "hits_site_time"} <= indexes
 
 
-def test_sqlite_uri_forms():
+def test_sqlite_uri_forms():  # all of them: tests/test_store_uris.py
     assert sqlite_path("sqlite:///var/lib/mongol/m.db") == "/var/lib/mongol/m.db"
-    assert sqlite_path("sqlite:////var/lib/mongol/m.db") == "//var/lib/mongol/m.db"
-    assert sqlite_path("sqlite://data/m.db") == "data/m.db"
+    assert sqlite_path("sqlite:////var/lib/mongol/m.db") == "/var/lib/mongol/m.db"
     with pytest.raises(StoreError):
         sqlite_path("sqlite://")
 
@@ -129,6 +129,9 @@ def test_bad_uris():
         with pytest.raises(StoreError, match=r"^bad MongoDB URI: "):
             open_store(uri)
     with pytest.raises(StoreError, match="cannot open the SQLite store"):
+        open_store("sqlite:///proc/self/place.db")  # a folder, but no file can be made in it
+    with pytest.raises(StoreError, match=r"^no SQLite store at /proc/no/such/place\.db: its folder /proc/no/such does "
+                                         r"not exist"):
         open_store("sqlite:///proc/no/such/place.db")
 
 

@@ -83,10 +83,11 @@ def parse_matches(specs: list[str]) -> dict[str, str | bool]:
 
 def count_hits(uri: str, start: datetime, site: str | None, match: dict[str, str | bool]) -> int:
     """The hits with time >= start (up to now and beyond: a clock ahead still counts)."""
-    from mongol.stores import open_store, sqlite_path
+    from mongol.stores import check_sqlite_folder, open_store, sqlite_path
 
     if uri.startswith("sqlite:"):
-        path = os.path.abspath(os.path.expanduser(sqlite_path(uri)))
+        check_sqlite_folder(uri, create_default=False)
+        path = sqlite_path(uri)
         if not os.path.exists(path):  # opening it would create an empty store, and a count of 0
             raise MongolError(f"no SQLite store at {path}")
     store = open_store(uri)

@@ -27,7 +27,7 @@ from mongol import __version__
 from mongol.cli.serve import add_tracking_arguments, parse_address, tracking_options
 from mongol.errors import MongolError
 from mongol.hit import Network, parse_networks
-from mongol.location import ENV_VAR, default_db_path, default_spool, resolve_db_uri
+from mongol.location import ENV_VAR, checked_db_uri, default_db_path, default_spool
 from mongol.tracking import Tracking
 
 log = logging.getLogger("mongol.ingest")
@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s mongol-ingest[%(process)d] %(levelname)s: %(message)s")
-    uri = resolve_db_uri(args.db)
+    try:
+        uri = checked_db_uri(args.db)
+    except MongolError as exc:
+        print(f"mongol-ingest: error: {exc}", file=sys.stderr)
+        return 1
     spool = ingest_spool(uri, args.spool, own_writer=not args.no_writer)
     try:
         return ingest(host, port, uri, spool, trusted, own_writer=not args.no_writer,

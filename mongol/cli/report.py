@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 def missing_store(uri: str, option: str | None) -> str | None:
     """Why an SQLite store cannot be read because its file does not exist, else None: opening it would
     create an empty store (and its folders), and the run would publish empty reports over good ones."""
-    from mongol.stores import sqlite_path
+    from mongol.stores import check_sqlite_folder, sqlite_path
 
     if not uri.startswith("sqlite:"):
         return None
-    path = os.path.abspath(os.path.expanduser(sqlite_path(uri)))
+    check_sqlite_folder(uri, create_default=False)  # a missing folder: StoreError, as in every program
+    path = sqlite_path(uri)
     if os.path.exists(path):
         return None
     if option:

@@ -10,7 +10,7 @@ from pathlib import Path
 from mongol import __version__
 from mongol.errors import MongolError
 from mongol.hit import parse_networks
-from mongol.location import ENV_VAR, default_db_path, default_spool, resolve_db_uri
+from mongol.location import ENV_VAR, checked_db_uri, default_db_path, default_spool
 from mongol.supervisor import Settings, serve
 from mongol.tracking import Tracking
 
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=args.log_level, handlers=[handler],
                         format="%(asctime)s mongol-serve[%(process)d] %(levelname)s: %(message)s")
-    uri = resolve_db_uri(args.db)
+    try:
+        uri = checked_db_uri(args.db)
+    except MongolError as exc:
+        print(f"mongol-serve: error: {exc}", file=sys.stderr)
+        return 1
     settings = Settings(host=host, port=port, db_uri=uri, spool=args.spool or default_spool(uri),
                         workers=args.workers, trusted=trusted, batch_size=args.batch_size,
                         flush_interval=args.flush_interval, max_pending=args.max_held, access_log=args.access_log,

@@ -5,6 +5,7 @@ A hit is a plain dict: the request's parameters plus the fields the server sets
 mongol.tracking and mongol.enrich: `_visitor`, `_bot`, `_browser`, `_os`, `_device`, `_country`, `_city`).
 """
 
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Protocol
@@ -55,7 +56,12 @@ class Store(Protocol):
 
 
 def open_store(uri: str) -> Store:
-    """Open the store a URI names: `mongodb://`, `mongodb+srv://` or `sqlite://PATH`."""
+    """Open the store a URI names: `mongodb://`, `mongodb+srv://` or `sqlite:///PATH` (see sqlite_path).
+
+    An SQLite file is created when missing, but not its folder (a mistyped path would otherwise give
+    each program a store of its own): StoreError says so, except for the default embedded store,
+    whose folder is created.
+    """
     if uri.startswith(("mongodb://", "mongodb+srv://")):
         from mongol.stores.mongodb import MongoStore
 
@@ -63,14 +69,67 @@ def open_store(uri: str) -> Store:
     if uri.startswith("sqlite:"):
         from mongol.stores.sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(uri))
+        path = sqlite_path(uri)
+        check_sqlite_folder(uri)
+        return SQLiteStore(path)
     raise StoreError(f"unknown store URI {uri!r}: expected mongodb://..., mongodb+srv://... or sqlite:///path/file.db")
 
 
-def sqlite_path(uri: str) -> str:
-    """The file of a `sqlite:` URI: what follows `sqlite://`, so `sqlite:///var/m.db` is `/var/m.db`."""
-    path = uri.removeprefix("sqlite:").removeprefix("//")
-    if not path:
-        raise StoreError(f"store URI {uri!r} names no file: expected sqlite:///path/file.db")
-    return path
+_SQLITE_FORMS = ("sqlite:////abs/path/file.db or sqlite:///var/lib/mongol/file.db (absolute), "
+                 "sqlite:///file.db or sqlite:///./dir/file.db (relative to the current folder)")
 
+
+def sqlite_path(uri: str) -> str:
+    """The absolute path of the file a `sqlite:` URI names, the same in every program and process.
+
+    As SQLAlchemy reads them: `sqlite:////var/m.db` is `/var/m.db`, `sqlite:///m.db` is `m.db` and
+    `sqlite:///./data/m.db` is `data/m.db` in the current folder. Mongol's own documented form,
+    `sqlite:///var/lib/mongol/m.db`, stays absolute: three slashes and a path with a folder, not
+    starting with `.`, is a path from `/` (SQLAlchemy would read it from the current folder).
+    `sqlite:///~/m.db` is in the home folder. A relative path is made absolute here, once.
+    """
+    if not uri.startswith("sqlite:///"):
+        if uri.startswith("sqlite://") and len(uri) > len("sqlite://"):
+            host = uri[len("sqlite://"):].split("/", 1)[0]
+            raise StoreError(f"store URI {uri!r} has a host part ({host!r}), which SQLite has not: write "
+                             f"{_SQLITE_FORMS}")
+        if uri in ("sqlite:", "sqlite://"):
+            raise StoreError(f"store URI {uri!r} names no file: write {_SQLITE_FORMS}")
+        raise StoreError(f"store URI {uri!r} is not of the form {_SQLITE_FORMS}")
+    rest = uri[len("sqlite:///"):]
+    if "?" in rest:
+        raise StoreError(f"store URI {uri!r} has options ({rest[rest.index('?'):]}), which the embedded store "
+                         f"does not take")
+    if not rest.strip("/"):
+        raise StoreError(f"store URI {uri!r} names no file: write {_SQLITE_FORMS}")
+    if rest.startswith("/"):
+        path = "/" + rest.lstrip("/")  # also for five slashes: "//" at the start is another path on POSIX
+    elif rest.startswith("~"):
+        path = os.path.expanduser(rest)
+    elif rest.startswith(("./", "../")) or rest in (".", "..") or "/" not in rest:
+        path = rest
+    else:
+        path = "/" + rest
+    return os.path.abspath(path)
+
+
+def check_sqlite_folder(uri: str, create_default: bool = True) -> None:
+    """Raise StoreError if the folder of a `sqlite:` URI's file does not exist. The default embedded
+    store's folder is no error: it is created (unless not `create_default`, for programs that only read)."""
+    from mongol.location import default_db_path
+
+    path = sqlite_path(uri)
+    folder = os.path.dirname(path)
+    if os.path.isdir(folder):
+        return
+    if path == os.path.abspath(default_db_path()):
+        if not create_default:
+            return
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of the default SQLite store {path}: {exc}") from exc
+        return
+    what = "is not a folder" if os.path.exists(folder) else "does not exist"
+    raise StoreError(f"no SQLite store at {path}: its folder {folder} {what} (from {uri}); create the folder "
+                     f"or correct the URI")

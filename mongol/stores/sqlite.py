@@ -132,7 +132,6 @@ class SQLiteStore:
         if sqlite3.sqlite_version_info < (3, 38):
             raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old for the embedded store (needs 3.38+)")
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
