@@ -169,7 +169,7 @@ def test_a_spool_holding_another_stores_hits_is_refused(run, start_server, tmp_p
     result = run("127.0.0.1:0", "--db", f"sqlite://{tmp_path}/b.db", "--spool", str(spool))
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
-    assert f"the spool {spool} holds hits spooled for sqlite://{tmp_path}/a.db, not sqlite://{tmp_path}/b.db" in line
+    assert f"the spool {spool} holds hits spooled for sqlite:///{tmp_path}/a.db, not sqlite:///{tmp_path}/b.db" in line
     start_server("--db", a, "--spool", str(spool))
     wait_until(lambda: open_store(a).count() == 1, 30, "the hit stored in its own store")
 
