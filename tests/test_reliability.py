@@ -444,8 +444,9 @@ def test_spool_read_only_for_a_while_does_not_crash_the_writer(tmp_path):
         stream.stop()
         store = open_store(uri)
         assert_each_stored_once(store, first.answered)
-        counts = {key: c for key, c in stored_pairs(store).items() if key[0] == "second.org"}
         answered = [("second.org", n) for n in stream.answered]
+        wait_until(lambda: set(answered) <= set(stored_pairs(store)), 30, "the hits answered after it")
+        counts = {key: c for key, c in stored_pairs(store).items() if key[0] == "second.org"}
         store.close()
         text = log.read_text()
         print(f"spool read-only: {tally(stream.sent, answered, counts)}; answers {stream.statuses}")
