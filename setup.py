@@ -11,7 +11,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["mongol", "mongol.*"]),
-    package_data={"mongol": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css"]},
+    package_data={"mongol": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css", "static/*.js"]},
     install_requires=[
         "gevent>=24.2.1",
         "pymongo>=4.6",
