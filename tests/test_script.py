@@ -7,6 +7,7 @@ www.shop.test, a site that links to it www.news.test, the stats host stats.test.
 loopback.
 """
 
+import contextlib
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -78,6 +79,10 @@ def site(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 def write_pages(folder: Path, port: int, stats: int) -> None:
     for name, (title, body) in PAGES.items():
         attrs = ' data-site="named.test"' if name == "named.html" else ""
+        if name == "named.html":  # README's stub: calls made before the script has come
+            body += '<script>window.mongol = {q: [], event: function () { mongol.q.push(arguments); }};' \
+                    'mongol.event("early", "x");</script>'
+
         (folder / name).write_text(f'<!doctype html><meta charset="utf-8"><title>{title}</title>'
                                    f'{SCRIPT.format(stats=stats, attrs=attrs)}<h1>{title}</h1>{body}')
     (folder / "news" / "item.html").write_text(NEWS.format(port=port, offer=OFFER))
@@ -94,25 +99,37 @@ class Browsing:
     def __init__(self, browser: object) -> None:
         self.browser = browser
         self.requests: list[str] = []
-        self.pixels: list[tuple[str, dict[str, str], int]] = []  # (visitor, query, status)
+        self.pixels: list[tuple[str, dict[str, str]]] = []  # (visitor, query), in the order sent
+        self.statuses: list[int] = []
         self.contexts: list[object] = []
+
+    def requested(self, name: str) -> object:
+        def record(request: object) -> None:
+            self.requests.append(request.url)
+            if "/pixel.gif" in request.url:
+                self.pixels.append((name, query_of(request.url)))
+        return record
 
     def visitor(self, name: str, **options: object) -> object:
         context = self.browser.new_context(**options)
         self.contexts.append(context)
-        context.on("request", lambda r: self.requests.append(r.url))
-        context.on("response", lambda r: self.pixels.append((name, query_of(r.url), r.status))
-                   if "/pixel.gif" in r.url else None)
+        context.on("request", self.requested(name))
+        context.on("response", lambda r: self.statuses.append(r.status) if "/pixel.gif" in r.url else None)
         return context.new_page()
 
 
-def step(page: object, action: object, url: str, event: str | None = None) -> None:
-    """Do `action` and wait until the pixel has answered the hit for `url` (and `event`)."""
-    def wanted(response: object) -> bool:
-        query = query_of(response.url)
-        return "/pixel.gif" in response.url and query.get("url") == url and query.get("event") == event
+def step(page: object, action: object, url: str, *events: str | None) -> None:
+    """Do `action` and wait until the pixel has answered the hits for `url`: a view, or each of `events`
+    (None standing for the view)."""
+    def wanted(event: str | None) -> object:
+        def match(response: object) -> bool:
+            query = query_of(response.url)
+            return "/pixel.gif" in response.url and query.get("url") == url and query.get("event") == event
+        return match
 
-    with page.expect_response(wanted, timeout=15000):
+    with contextlib.ExitStack() as waits:
+        for event in events or (None,):
+            waits.enter_context(page.expect_response(wanted(event), timeout=15000))
         action()
 
 
@@ -146,7 +163,8 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
             step(page, page.go_back, "/app/cart")                           # popstate
             page.goto(item)
             step(page, lambda: page.click("#campaign"), OFFER)  # a campaign link
-            step(page, lambda: page.goto(f"{shop}/named.html"), "/named.html")  # data-site, typed in
+            # typed in; data-site names the site; an event queued before the script came
+            step(page, lambda: page.goto(f"{shop}/named.html"), "/named.html", None, "early")
 
             dnt = seen.visitor("dnt", user_agent=IPHONE, screen={"width": 390, "height": 844},
                                extra_http_headers={"DNT": "1"})
@@ -176,14 +194,15 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
          {"url": "/offer.html?id=3", "referrer": item, "_source": "news.test", "utm_source": "newsletter",
           "utm_medium": "email", "utm_campaign": "spring"}),
         ("reader", {"site": "named.test", "url": "/named.html", "title": "Named", "screen": "1440"}, {}),
+        ("reader", {"site": "named.test", "url": "/named.html", "title": "Named", "event": "early", "props": "x"}, {}),
         ("dnt", {"site": "shop.test", "url": "/index.html", "title": "Shop home", "screen": "390"}, {}),
         ("bot", {"site": "shop.test", "url": "/about.html", "title": "About us", "screen": "1280"}, {"_bot": True}),
     ]
     # What the browser sent: one request per view or event, each answered with the pixel
-    assert [status for _, _, status in seen.pixels] == [200] * len(expected)
-    sent = [(who, {k: v for k, v in query.items() if k != "_"}) for who, query, _ in seen.pixels]
+    assert seen.statuses == [200] * len(expected)
+    sent = [(who, {k: v for k, v in query.items() if k != "_"}) for who, query in seen.pixels]
     assert sent == [(who, params) for who, params, _ in expected]
-    assert all(query["_"] for _, query, _ in seen.pixels)  # a cache buster, which the server drops
+    assert all(query["_"] for _, query in seen.pixels)  # a cache buster, which the server drops
     # no cookies, no storage, no request to anyone but the two sites and the stats host
     assert cookies == [[], [], []] and storage == ["", 0, 0]
     hosts = {urllib.parse.urlsplit(url).netloc for url in seen.requests}
