@@ -145,13 +145,19 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
     shop, news = f"http://www.shop.test:{port}", f"http://www.news.test:{port}"
     item = f"{news}/news/item.html?id=7"
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+                                              ignore_default_args=["--disable-back-forward-cache"])  # as users have
         seen = Browsing(chromium)
         try:
             page = seen.visitor("reader", user_agent=CHROME, screen={"width": 1440, "height": 900})
             page.goto(item)
             step(page, lambda: page.click("#to-shop"), "/index.html")       # from another site
+            page.evaluate("window.kept = 1")                                # survives the bfcache only
             step(page, lambda: page.click("#about"), "/about.html")         # internal links
+            step(page, lambda: page.go_back(wait_until="commit"), "/index.html")  # back: no new arrival
+            assert page.evaluate("window.kept") == 1                        # shown from the bfcache
+            step(page, page.reload, "/index.html")                          # a reload: neither
+            step(page, lambda: page.click("#about"), "/about.html")
             step(page, lambda: page.click("#app"), "/app.html")
             step(page, lambda: page.click("#cart"), "/app/cart")            # a single-page app
             page.click("#cart-again")                                       # the same url: no view
@@ -183,6 +189,9 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
     expected = [
         ("reader", {**view, "url": "/index.html", "title": "Shop home", "referrer": item},
          {"referrer": item, "_source": "news.test"}),
+        ("reader", {**view, "url": "/about.html", "title": "About us", "referrer": f"{shop}/index.html"}, inside),
+        ("reader", {**view, "url": "/index.html", "title": "Shop home", "referrer": f"{shop}/index.html"}, inside),
+        ("reader", {**view, "url": "/index.html", "title": "Shop home", "referrer": f"{shop}/index.html"}, inside),
         ("reader", {**view, "url": "/about.html", "title": "About us", "referrer": f"{shop}/index.html"}, inside),
         ("reader", {**view, "url": "/app.html", "title": "App", "referrer": f"{shop}/about.html"}, inside),
         ("reader", {**view, "url": "/app/cart", "title": "Cart", "referrer": f"{shop}/app.html"}, inside),

@@ -60,10 +60,17 @@
   }
 
   function start() {
-    view(document.referrer);
+    // Reloaded, or come back to with the back button: document.referrer is still that of the first
+    // arrival, which was counted then; the page is its own referrer, an internal view.
+    var nav = performance.getEntriesByType ? performance.getEntriesByType("navigation")[0] : null;
+    view(nav && (nav.type === "reload" || nav.type === "back_forward") ? location.href : document.referrer);
     follow("pushState");
     follow("replaceState");
     window.addEventListener("popstate", changed);
+    // shown again from the back-forward cache, where no script starts again: a view, as above
+    window.addEventListener("pageshow", function (e) {
+      if (e.persisted) { last = null; view(location.href); }
+    });
     if (queued) for (var i = 0; i < queued.length; i++) event.apply(null, queued[i]);
   }
 
