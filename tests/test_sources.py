@@ -159,8 +159,16 @@ def test_measurement_protocol_names_get_the_same_treatment(served):
     assert http_get(f"{server.url}/collect?{query}")[0] == 200
     internal = encode({"v": 1, "tid": "shop.test", "dp": "/next", "dr": "https://shop.test/p", "n": "mp2"})
     assert http_get(f"{server.url}/collect?{internal}")[0] == 200
-    hits = {h["n"]: h for h in stored(store, 2)}
-    assert set(hits) == {"mp", "mp2"}
+    events = [{"t": "event", "ec": "mail", "ea": "sent", "n": "ev1"}, {"t": "event", "ec": "video", "n": "ev2"},
+              {"t": "event", "ea": "x", "event": "mine", "n": "ev3"}, {"t": "event", "n": "ev4"},
+              {"t": "timing", "ea": "y", "n": "ev5"}]
+    for fields in events:
+        assert http_get(f"{server.url}/collect?{encode({'v': 1, 'tid': 'shop.test', 'dp': '/e', **fields})}")[0] == 200
+    hits = {h["n"]: h for h in stored(store, 2 + len(events))}
+    assert set(hits) == {"mp", "mp2", "ev1", "ev2", "ev3", "ev4", "ev5"}
+    # t=event names a custom event: its action, else its category, unless `event` is given
+    assert [(hits[f"ev{i}"].get("event"), hits[f"ev{i}"]["pageviews"]) for i in range(1, 6)] == [
+        ("sent", 0), ("video", 0), ("mine", 0), (None, 0), (None, 0)]
     mp = hits["mp"]
     assert (mp["url"], mp["utm_source"], mp["referrer"], mp["_source"]) == (
         "/p?q=1", "mp", "https://www.search.test/?q=shoes", "search.test")
