@@ -17,6 +17,7 @@ Measurement Protocol and mongol-ingest hits alike. README's "Campaigns and sourc
   with no `_source`.
 """
 
+import re
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
@@ -34,8 +35,16 @@ def bare_host(host: str) -> str:
     return host[4:] if host.startswith("www.") else host
 
 
+# scheme://host[:port] followed by the end or a path, query or fragment: what browsers send. Anything
+# else (user info, IPv6, spaces, backslashes) goes to urlsplit, which costs about 3 us more.
+_PLAIN_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\[\]\\:\s]+)(?::[0-9]*)?(?=[/?#]|\Z)")
+
+
 def referrer_host(referrer: str) -> str | None:
     """The host of an absolute URL without a leading `www.`; None when it is not one."""
+    plain = _PLAIN_URL.match(referrer)
+    if plain is not None:
+        return bare_host(plain.group(1))
     try:
         parts = urlsplit(referrer)
         host = parts.hostname
@@ -75,8 +84,8 @@ def attribute(hit: dict[str, Any]) -> None:
         url, found = split_campaign(url)
         if found:
             hit["url"] = url
-    for name in _TAKEN:
-        if name in hit:
+    if not _TAKEN.isdisjoint(hit):
+        for name in _TAKEN.intersection(hit):
             value = _first(hit.pop(name))
             if type(value) is str and value:
                 found[name] = value

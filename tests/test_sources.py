@@ -6,11 +6,13 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mongol import assets
 from mongol.app import GIF
 from mongol.hit import hit_from_environ
-from mongol.sources import referrer_host, split_campaign
+from mongol.sources import bare_host, referrer_host, split_campaign
 from tests.conftest import http_get, stored
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"}
@@ -124,6 +126,29 @@ def test_split_campaign(url, rest, found):
 ])
 def test_referrer_host(referrer, host):
     assert referrer_host(referrer) == host
+
+
+def slow_referrer_host(referrer: str) -> str | None:
+    """referrer_host without its fast path: urlsplit alone."""
+    try:
+        parts = urllib.parse.urlsplit(referrer)
+        host = parts.hostname
+    except ValueError:
+        return None
+    return bare_host(host) if parts.scheme and host else None
+
+
+SCHEMES = st.sampled_from(["http", "https", "HTTPS", "android-app", "a+b.c-d", "1x", "", "-"])
+SEPARATORS = st.sampled_from(["://", ":/", "//", ":", ""])
+PIECES = st.sampled_from(["", ":", "/", "?", "#", "@", "[", "]", "[::1]", "\\", " ", "\t", "\n", ":80", ":x",
+                          "www.", "WWW.", "example.com", "Ex.Test.", "%41", "\u00e9", "user:pw@", "x", "."])
+URLS = st.tuples(SCHEMES, SEPARATORS, st.lists(PIECES, max_size=5)).map(lambda t: t[0] + t[1] + "".join(t[2]))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(URLS)
+def test_referrer_host_fast_path_agrees_with_urlsplit(referrer):
+    assert referrer_host(referrer) == slow_referrer_host(referrer)
 
 
 # Through mongol-serve, on both stores ---------------------------------------------------------
