@@ -11,7 +11,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["mongol", "mongol.*"]),
-    package_data={"mongol": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css", "mapreduce/*.js"]},
+    package_data={"mongol": ["dashboard/*.html", "dashboard/*.js", "dashboard/*.css", "mapreduce/*.js", "static/*.js"]},
     install_requires=[
         "gevent>=24.2.1",
         "pymongo>=4.6",

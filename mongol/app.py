@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mongol import assets
 from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks, parse_query
 from mongol.measurement import MAX_BATCH_BYTES, MAX_HIT_BYTES, batch_lines, read_body
 from mongol.tracking import Tracker, is_prefetch
@@ -96,6 +97,8 @@ class PixelApp:
             self.publish_metrics()
             status, headers, body = "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                                                *NO_CACHE], self.metrics.render()
+        elif path in assets.PATHS and (method == "GET" or method == "HEAD"):
+            status, headers, body = assets.answer(path, environ)  # /mongol.js, robots.txt, favicon.ico: no hit
         elif method == "POST" and (path == "/collect" or path == "/batch") and self.tracker is not None:
             status, headers, body = self._server_hits(environ, path)
         elif method != "GET" and method != "HEAD":

@@ -11,7 +11,10 @@ What hostile input becomes (README's "What a hit holds" repeats this table):
   hex digits stays as it is;
 - a query string over MAX_QUERY_BYTES is refused with 414, more than MAX_PARAMS fields with 400;
 - a Referer that is not an absolute URL with a host is treated as absent;
-- `site` and `url` name one page: given several times, the first value counts.
+- `site` and `url` name one page: given several times, the first value counts;
+- campaigns, `referrer`, `_source` and `_internal`: mongol.sources;
+- `event` (its first value, if not empty) makes the hit a custom event, with `pageviews` 0; `screen`
+  (a width in CSS pixels) is kept only as up to five digits.
 """
 
 import ipaddress
@@ -20,6 +23,8 @@ import os
 import time as _time
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
+
+from mongol.sources import attribute
 
 MAX_QUERY_BYTES = 8000
 MAX_PARAMS = 256
@@ -140,6 +145,10 @@ def url_site_and_path(url: str) -> tuple[str, str] | None:
     return site, url
 
 
+def _first(value: str | list[str]) -> str:
+    return value[0] if type(value) is list else value
+
+
 def client_ip(environ: dict, trusted: tuple[Network, ...]) -> str:
     """REMOTE_ADDR, or the nearest X-Forwarded-For entry not in `trusted` when the peer is a trusted proxy."""
     peer = environ.get("REMOTE_ADDR", "")
@@ -185,11 +194,23 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
             raise RequestError("missing site and url: pass both as parameters or send a Referer", "no site")
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
+    attribute(hit)
+    views = 1
+    if "event" in hit:
+        event = hit["event"] = _first(hit["event"])
+        if event:
+            views = 0
+        else:
+            del hit["event"]
+    if "screen" in hit:
+        screen = hit["screen"] = _first(hit["screen"])
+        if not (screen.isascii() and screen.isdigit() and len(screen) <= 5):
+            del hit["screen"]
     if now_us is None:
         now_us = _time.time_ns() // 1000
     hit["_id"] = new_id(now_us // 1_000_000)
     hit["time"] = now_us
-    hit["pageviews"] = 1
+    hit["pageviews"] = views
     hit["_ip"] = client_ip(environ, trusted)
     hit["_ua"] = _text(environ.get("HTTP_USER_AGENT", ""))
     return hit

@@ -12,7 +12,8 @@ fields of those names, as they always were). What each name becomes:
          each unless given by the names above
 ``dt``   ``title``, unless ``title`` is given
 ``dr``   ``referrer``, unless ``referrer`` is given
-``t``    kept as ``t``; a hit whose ``t`` is not ``pageview`` or ``screenview`` has ``pageviews`` 0
+``t``    kept as ``t``; a hit whose ``t`` is not ``pageview`` or ``screenview`` has ``pageviews`` 0;
+         ``t=event`` also names the custom event: ``event`` is ``ea`` (else ``ec``), unless given
 ``cid``  with ``uid``: who the visitor is, in place of address and User-Agent, in the day's
          visitor hash; never stored as given
 ``ua``   ``_ua`` and ``_ip``, only from a ``--trusted-sender`` (mongol.tracking); dropped otherwise
@@ -55,6 +56,10 @@ def take_names(hit: Hit) -> dict[str, str]:
         if found is not None:
             hit.setdefault("site", found[0])
             hit.setdefault("url", found[1])
+    if "event" not in hit and _first(hit.get("t", "")) == "event":
+        name = _first(hit.get("ea") or hit.get("ec") or "")
+        if name:
+            hit["event"] = name  # counted with the script's custom events
     for name, field in (("dt", "title"), ("dr", "referrer")):
         value = hit.pop(name, None)
         if value is not None and field not in hit:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mongol import metrics
+from mongol.assets import served_urls
 from mongol.errors import MongolError
 from mongol.tracking import Salts, Tracker, Tracking
 
@@ -263,6 +264,7 @@ def _supervise(settings: Settings) -> int:
     if settings.workers:
         log.info("listening on http://%s:%d/ with %d worker processes", f"[{host}]" if ":" in host else host, port,
                  settings.workers)
+        log.info("tracking %s", served_urls(host, port))
     else:
         listener.close()
         log.info("no workers: draining the spool %s only", settings.spool)

@@ -1,0 +1,58 @@
+"""What the pixel's host answers besides the pixel: the tracking script, a robots file, and no favicon.
+
+None of them is a page view: browsers ask for `/favicon.ico` by themselves and crawlers for
+`/robots.txt`, and both used to be stored as hits of whatever page sent the Referer.
+"""
+
+import hashlib
+import socket
+from importlib.resources import files
+
+PIXEL_PATH = "/pixel.gif"
+SCRIPT_PATH = "/mongol.js"
+#: mongol/static/mongol.js, read once per process: it is part of the installed package
+SCRIPT = files("mongol").joinpath("static/mongol.js").read_bytes()
+ROBOTS = b"User-agent: *\nDisallow: /\n"
+SCRIPT_CACHE = "public, max-age=3600"  # an hour: a new version reaches every visitor within it
+ROBOTS_CACHE = "public, max-age=86400"
+
+Response = tuple[str, list[tuple[str, str]], bytes]
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'
+
+
+def _file(environ: dict, content_type: str, body: bytes, cache: str, etag: str) -> Response:
+    headers = [("Cache-Control", cache), ("ETag", etag), ("X-Content-Type-Options", "nosniff")]
+    if etag in environ.get("HTTP_IF_NONE_MATCH", ""):
+        return "304 Not Modified", headers, b""
+    return "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers], body
+
+
+_SCRIPT_ETAG = _etag(SCRIPT)
+_ROBOTS_ETAG = _etag(ROBOTS)
+_NOT_FOUND = b"not found: this host serves a tracking pixel, /mongol.js and /robots.txt\n"
+
+
+def answer(path: str, environ: dict) -> Response:
+    """The answer to a GET or HEAD of one of PATHS."""
+    if path == SCRIPT_PATH:
+        return _file(environ, "text/javascript; charset=utf-8", SCRIPT, SCRIPT_CACHE, _SCRIPT_ETAG)
+    if path == "/robots.txt":
+        return _file(environ, "text/plain; charset=utf-8", ROBOTS, ROBOTS_CACHE, _ROBOTS_ETAG)
+    return "404 Not Found", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(_NOT_FOUND))),
+                             ("Cache-Control", ROBOTS_CACHE)], _NOT_FOUND
+
+
+PATHS = frozenset((SCRIPT_PATH, "/robots.txt", "/favicon.ico"))
+
+
+def served_urls(host: str, port: int) -> str:
+    """The pixel's and the script's addresses, for the start-up log (a wildcard address as the host name)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    base = f"http://{host}:{port}"
+    return f"pixel {base}{PIXEL_PATH}, script {base}{SCRIPT_PATH} (README: Tracking)"
