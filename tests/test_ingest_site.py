@@ -126,6 +126,9 @@ def test_a_sites_own_access_log_in_three_formats_becomes_page_views(store_uri, s
         assert urls == sorted(expected), name
         [home] = [h for h in hits if h["site"] == site and h["url"] == "/"]
         assert home["referrer"] == "https://news.example.org/item?id=1" and home["pageviews"] == 1
+        assert home["_source"] == "news.example.org" and "_internal" not in home
+        [about] = [h for h in hits if h["site"] == site and h["url"] == "/about.html"]
+        assert about["_internal"] is True and "referrer" not in about  # from another of its pages
         assert home["_ip"] == "127.0.0.0"  # anonymised, as by the pixel
         [bot] = [h for h in hits if h["site"] == site and h["url"] == "/about.html?bot"]
         assert bot.get("_bot") is True
