@@ -22,7 +22,7 @@ import itertools
 import os
 import time as _time
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from mongol.sources import attribute
 
@@ -195,6 +195,11 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
     attribute(hit)
+    url = hit["url"]
+    if type(url) is str and "%" in url:
+        # one page, one key: a url from a Referer, a script or a log is percent-encoded as browsers
+        # send it, a url parameter from a server is often plain text; both are stored decoded
+        hit["url"] = unquote(url, errors="replace")
     views = 1
     if "event" in hit:
         event = hit["event"] = _first(hit["event"])

@@ -21,7 +21,6 @@ import posixpath
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import unquote_to_bytes
 
 from mongol.hit import _text
 
@@ -98,9 +97,8 @@ def page_view(entry: dict, kind: str, msec: Callable[[dict], int]) -> tuple[dict
         if value and type(value) is str and value != "-":
             environ[key] = value
     host = entry["host"].split(":", 1)[0].lower()
-    params = {"site": host.removeprefix("www."),
-              # decoded as the pixel decodes its url parameter, so one page is one key on every path
-              "url": unquote_to_bytes(uri.encode("latin-1")).decode("utf-8", "replace")}
+    # the url as the request line has it: the hit decodes it, as every url (mongol.hit)
+    params = {"site": host.removeprefix("www."), "url": _text(uri)}
     if referer and type(referer) is str and referer != "-":
         params["referrer"] = _text(referer)
     return environ, params, when

@@ -90,6 +90,19 @@ def test_parameters_win_over_the_referer(served):
         ("mine.org", "/from/params"), ("only-site.org", "/ref?q=1"), ("other.net", "/only-url")]
 
 
+def test_one_page_is_one_url_however_it_is_encoded(served):
+    # From the Referer (as browsers send it), from the script (location.pathname, percent-encoded, sent
+    # encoded once more) and from a server's url parameter (plain text, encoded once): one key.
+    server, store = served
+    http_get(server.url + "/p.gif?n=1", {"Referer": "http://a.org/posts/%C3%BCn?q=%C3%A4"})
+    http_get(server.url + "/p.gif?site=a.org&url=%2Fposts%2F%25C3%25BCn%3Fq%3D%25C3%25A4&n=2")
+    http_get(server.url + "/p.gif?site=a.org&url=/posts/%C3%BCn?q=%C3%A4&n=3")
+    http_get(server.url + "/p.gif?site=a.org&url=/100%25-off&n=4")  # a literal %: not an escape
+    hits = {h["n"]: h["url"] for h in stored(store, 4)}
+    assert hits == {"1": "/posts/\u00fcn?q=\u00e4", "2": "/posts/\u00fcn?q=\u00e4", "3": "/posts/\u00fcn?q=\u00e4",
+                    "4": "/100%-off"}
+
+
 def test_time_has_full_precision(served):
     server, store = served
     for i in range(5):
