@@ -116,6 +116,8 @@ def test_fields_of_a_hit(params, referer, fields, views):
     ("/a?utm_source=%E2%82%AC", "/a", {"utm_source": "\u20ac"}),
     ("/a?utm_source=x&utm_source=y", "/a", {"utm_source": "x"}),
     ("/a#utm_source=x", "/a#utm_source=x", {}),  # a fragment is the page's own business
+    ("/a#x?utm_source=x", "/a#x?utm_source=x", {}),
+    ("/a?b=1&utm_source=x#y?utm_medium=z", "/a?b=1#y?utm_medium=z", {"utm_source": "x"}),
 ])
 def test_split_campaign(url, rest, found):
     assert split_campaign(url) == (rest, found)
