@@ -60,6 +60,8 @@ def split_campaign(url: str) -> tuple[str, dict[str, str]]:
     mark = url.find("?")
     if mark < 0 or ("utm" not in url and "ref=" not in url):  # the common case, without parsing
         return url, {}
+    if 0 <= url.find("#") < mark:  # a ? in the fragment starts no query
+        return url, {}
     query, hash_, fragment = url[mark + 1:].partition("#")
     kept: list[str] = []
     found: dict[str, str] = {}

@@ -133,54 +133,60 @@ def step(page: object, action: object, url: str, *events: str | None) -> None:
         action()
 
 
-@pytest.mark.slow
-def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
+@pytest.fixture
+def chromium() -> Iterator[object]:
+    """Debian's Chromium, headless, with the back-forward cache that Playwright turns off by default."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (README)")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+                                             ignore_default_args=["--disable-back-forward-cache"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_a_site_browsed_with_the_script(site, start_server, store_uri, store, chromium):
     folder, port = site
     server = start_server("--db", store_uri, "--flush-interval", "0.05")
     write_pages(folder, port, server.port)
     shop, news = f"http://www.shop.test:{port}", f"http://www.news.test:{port}"
     item = f"{news}/news/item.html?id=7"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-                                              ignore_default_args=["--disable-back-forward-cache"])  # as users have
-        seen = Browsing(chromium)
-        try:
-            page = seen.visitor("reader", user_agent=CHROME, screen={"width": 1440, "height": 900})
-            page.goto(item)
-            step(page, lambda: page.click("#to-shop"), "/index.html")       # from another site
-            page.evaluate("window.kept = 1")                                # survives the bfcache only
-            step(page, lambda: page.click("#about"), "/about.html")         # internal links
-            step(page, lambda: page.go_back(wait_until="commit"), "/index.html")  # back: no new arrival
-            assert page.evaluate("window.kept") == 1                        # shown from the bfcache
-            step(page, page.reload, "/index.html")                          # a reload: neither
-            step(page, lambda: page.click("#about"), "/about.html")
-            step(page, lambda: page.click("#app"), "/app.html")
-            step(page, lambda: page.click("#cart"), "/app/cart")            # a single-page app
-            page.click("#cart-again")                                       # the same url: no view
-            page.click("#replace")
-            step(page, lambda: page.click("#checkout"), "/app/checkout?step=2")
-            step(page, lambda: page.click("#signup"), "/app/checkout?step=2", "signup")  # events
-            step(page, lambda: page.click("#download"), "/app/checkout?step=2", "download")
-            page.go_back()                                                  # #dl -> the same url: no view
-            step(page, page.go_back, "/app/cart")                           # popstate
-            page.goto(item)
-            step(page, lambda: page.click("#campaign"), OFFER)  # a campaign link
-            # typed in; data-site names the site; an event queued before the script came
-            step(page, lambda: page.goto(f"{shop}/named.html"), "/named.html", None, "early")
+    seen = Browsing(chromium)
+    page = seen.visitor("reader", user_agent=CHROME, screen={"width": 1440, "height": 900})
+    page.goto(item)
+    step(page, lambda: page.click("#to-shop"), "/index.html")       # from another site
+    page.evaluate("window.kept = 1")                                # survives the bfcache only
+    step(page, lambda: page.click("#about"), "/about.html")         # internal links
+    step(page, lambda: page.go_back(wait_until="commit"), "/index.html")  # back: no new arrival
+    assert page.evaluate("window.kept") == 1                        # shown from the bfcache
+    step(page, page.reload, "/index.html")                          # a reload: neither
+    step(page, lambda: page.click("#about"), "/about.html")
+    step(page, lambda: page.click("#app"), "/app.html")
+    step(page, lambda: page.click("#cart"), "/app/cart")            # a single-page app
+    page.click("#cart-again")                                       # the same url: no view
+    page.click("#replace")
+    step(page, lambda: page.click("#checkout"), "/app/checkout?step=2")
+    step(page, lambda: page.click("#signup"), "/app/checkout?step=2", "signup")  # events
+    step(page, lambda: page.click("#download"), "/app/checkout?step=2", "download")
+    page.go_back()                                                  # #dl -> the same url: no view
+    step(page, page.go_back, "/app/cart")                           # popstate
+    page.goto(item)
+    step(page, lambda: page.click("#campaign"), OFFER)  # a campaign link
+    # typed in; data-site names the site; an event queued before the script came
+    step(page, lambda: page.goto(f"{shop}/named.html"), "/named.html", None, "early")
 
-            dnt = seen.visitor("dnt", user_agent=IPHONE, screen={"width": 390, "height": 844},
-                               extra_http_headers={"DNT": "1"})
-            step(dnt, lambda: dnt.goto(f"{shop}/index.html"), "/index.html")
-            bot = seen.visitor("bot", user_agent=GOOGLEBOT)
-            step(bot, lambda: bot.goto(f"http://shop.test:{port}/about.html"), "/about.html")
-            cookies = [context.cookies() for context in seen.contexts]
-            storage = page.evaluate("() => [document.cookie, localStorage.length, sessionStorage.length]")
-        finally:
-            chromium.close()
+    dnt = seen.visitor("dnt", user_agent=IPHONE, screen={"width": 390, "height": 844},
+                       extra_http_headers={"DNT": "1"})
+    step(dnt, lambda: dnt.goto(f"{shop}/index.html"), "/index.html")
+    bot = seen.visitor("bot", user_agent=GOOGLEBOT)
+    step(bot, lambda: bot.goto(f"http://shop.test:{port}/about.html"), "/about.html")
+    cookies = [context.cookies() for context in seen.contexts]
+    storage = page.evaluate("() => [document.cookie, localStorage.length, sessionStorage.length]")
 
     # (visitor, what the script sent, what the store holds besides the server's own fields)
     view = {"site": "shop.test", "screen": "1440"}
@@ -241,3 +247,44 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store):
     assert by_key[("shop.test", "/index.html", None, None, "390")]["_browser"] == "Mobile Safari"
     assert by_key[("shop.test", "/about.html", None, None, "1440")]["_browser"] == "Chrome"
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("well_formed", [True, False], ids=["toWellFormed", "older-browser"])
+def test_long_fields_are_cut_to_fit_the_query_limit(site, start_server, tmp_path, chromium, well_formed):
+    """A page whose title, address and referrer are far longer than a query string may be (with a lone
+    surrogate, which encodeURIComponent refuses): its view is still stored, each field a prefix of the
+    page's own. Also in a browser without String.prototype.toWellFormed (before 2023)."""
+    from mongol.stores import open_store
+
+    folder, port = site
+    db = f"sqlite://{tmp_path}/hits.db"
+    server = start_server("--db", db, "--flush-interval", "0.05")
+    # three bytes a character, encoded nine; lone surrogates, low and high
+    title = "a\ude00 " + "\u65e5\u672c\u8a9e \ud83d\ude00" * 1500 + "\ud83d"
+    (folder / "long.html").write_text(
+        f'<!doctype html><meta charset="utf-8"><meta name="referrer" content="unsafe-url"><title>x</title>'
+        f'<script>document.title = {title!r};'  # JavaScript reads the escapes as UTF-16
+        f'{"" if well_formed else "delete String.prototype.toWellFormed;"}</script>'
+        f'{SCRIPT.format(stats=server.port, attrs="")}')
+    (folder / "from.html").write_text(f'<!doctype html><meta name="referrer" content="unsafe-url">'
+                                      f'<a id="go" href="http://www.shop.test:{port}/long.html?q={"x" * 5000}">go</a>')
+    page = Browsing(chromium).visitor("reader", user_agent=CHROME)
+    page.goto(f"http://www.news.test:{port}/from.html?r={'y' * 3000}")  # Chromium sends 4 KiB of referrer at most
+    with page.expect_response(lambda r: "/pixel.gif" in r.url, timeout=15000) as answer:
+        page.click("#go")
+    assert answer.value.status == 200
+    assert len(urllib.parse.urlsplit(answer.value.url).query) < 8000
+    store = open_store(db)
+    try:
+        wait_until(lambda: store.count() == 1, 15, "the hit")
+        [hit] = store.hits()
+    finally:
+        store.close()
+    # the title as UTF-16 says it: pairs are characters, a lone surrogate is U+FFFD
+    well = title.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    assert well.startswith("a\ufffd \u65e5\u672c\u8a9e \U0001f600\u65e5")
+    assert len(hit["title"]) > 100 and well.startswith(hit["title"])
+    assert hit["url"].startswith("/long.html?q=xxx") and len(hit["url"]) > 2000
+    assert hit["referrer"].startswith(f"http://www.news.test:{port}/from.html?r=yyy")
+    assert hit["_source"] == "news.test"

@@ -2,6 +2,7 @@
 and the fields they give, first as units, then through a real mongol-serve on both stores; and what
 the pixel's host answers that is no hit (/mongol.js, /robots.txt, /favicon.ico)."""
 
+import gzip
 import urllib.parse
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def test_fields_of_a_hit(params, referer, fields, views):
     ("/a?utm_source=%E2%82%AC", "/a", {"utm_source": "\u20ac"}),
     ("/a?utm_source=x&utm_source=y", "/a", {"utm_source": "x"}),
     ("/a#utm_source=x", "/a#utm_source=x", {}),  # a fragment is the page's own business
+    ("/a#x?utm_source=x", "/a#x?utm_source=x", {}),
+    ("/a?b=1&utm_source=x#y?utm_medium=z", "/a?b=1#y?utm_medium=z", {"utm_source": "x"}),
 ])
 def test_split_campaign(url, rest, found):
     assert split_campaign(url) == (rest, found)
@@ -207,7 +210,12 @@ def test_the_script_robots_and_favicon_are_no_hits(served):
     status, headers, body = http_get(server.url + "/mongol.js")
     shipped = (Path(assets.__file__).parent / "static" / "mongol.js").read_bytes()
     assert status == 200 and body == shipped
-    assert len(body) < 4096  # "a few KB at most"
+    assert len(body) < 5000  # "a few KB at most"
+    assert headers["vary"] == "Accept-Encoding" and "content-encoding" not in headers
+    status, zipped, packed = http_get(server.url + "/mongol.js", {"Accept-Encoding": "br, gzip;q=0.5"})
+    assert (status, zipped["content-encoding"], gzip.decompress(packed)) == (200, "gzip", shipped)
+    assert len(packed) < 2048 and zipped["etag"] != headers["etag"]
+    assert http_get(server.url + "/mongol.js", {"Accept-Encoding": "gzip;q=0"})[2] == shipped
     assert headers["content-type"] == "text/javascript; charset=utf-8"
     assert headers["cache-control"] == "public, max-age=3600"
     assert headers["x-content-type-options"] == "nosniff"
@@ -236,6 +244,14 @@ def test_start_up_log_names_the_pixel_and_the_script(start_server, tmp_path):
     server = start_server("--db", f"sqlite://{tmp_path}/hits.db")
     base = server.url
     assert f"tracking pixel {base}/pixel.gif, script {base}/mongol.js" in server.log()
+
+
+@pytest.mark.parametrize(("header", "gzip_ok"), [
+    ("gzip", True), ("gzip, deflate, br, zstd", True), ("br;q=1.0, GZIP;q=0.8", True), ("gzip;q=0", False),
+    ("gzip; q=0.000", False), ("gzip;q=0.001", True), ("x-gzip", False), ("", False), ("identity", False),
+])
+def test_accepts_gzip(header, gzip_ok):
+    assert assets.accepts_gzip(header) is gzip_ok
 
 
 def test_served_urls_for_wildcard_and_ipv6_addresses():

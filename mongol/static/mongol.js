@@ -16,13 +16,29 @@
     return location.pathname + location.search;
   }
 
+  // Encoded bytes each field may take: together they stay under the server's 8000-byte query limit.
+  var LIMITS = {url: 2500, referrer: 2000, title: 1000, props: 1500, event: 200, screen: 10};
+
+  function encode(value, limit) {
+    var text = String(value);
+    for (;;) {
+      try {
+        var encoded = encodeURIComponent(text);
+      } catch (e) { // a lone surrogate
+        text = text.toWellFormed ? text.toWellFormed()
+          : text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|([^\uD800-\uDBFF]|^)[\uDC00-\uDFFF]/g, "$1\uFFFD");
+        continue;
+      }
+      if (encoded.length <= limit) return encoded;
+      text = text.slice(0, Math.floor(text.length * limit / encoded.length) - 1).replace(/[\uD800-\uDBFF]$/, "");
+    }
+  }
+
   function send(fields) {
-    var query = "site=" + encodeURIComponent(site);
+    var query = "site=" + encode(site, 200);
     for (var name in fields) {
       var value = fields[name];
-      if (value !== undefined && value !== null && value !== "") {
-        query += "&" + name + "=" + encodeURIComponent(String(value).slice(0, 2000));
-      }
+      if (value !== undefined && value !== null && value !== "") query += "&" + name + "=" + encode(value, LIMITS[name] || 1000);
     }
     // "_" is dropped by the server: it only keeps the browser from reusing an earlier answer
     var image = new Image(1, 1);
