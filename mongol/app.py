@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from mongol import assets
-from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks, parse_query
-from mongol.measurement import MAX_BATCH_BYTES, MAX_HIT_BYTES, batch_lines, read_body
+from mongol import assets, collect
+from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks
 from mongol.tracking import Tracker, is_prefetch
 
 #: A transparent 1x1 GIF89a in 43 bytes. (nginx's empty_gif is 43 bytes too, but marks colour 1 transparent
@@ -83,6 +82,9 @@ class PixelApp:
         self.trusted = trusted_proxies
         self.metrics = metrics
         self.tracker = tracker
+        self.server_hits = None if tracker is None else collect.ServerHits(
+            lambda environ, params: tracker.make(environ, params=params, server=True)[0], record, self._reject,
+            self._refuse)
         # Counted in plain ints on the request path, handed to the metrics by publish_metrics().
         self.accepted = 0
         self.rejected: dict[str, int] = {}
@@ -99,11 +101,11 @@ class PixelApp:
                                                *NO_CACHE], self.metrics.render()
         elif path in assets.PATHS and (method == "GET" or method == "HEAD"):
             status, headers, body = assets.answer(path, environ)  # /mongol.js, robots.txt, favicon.ico: no hit
-        elif method == "POST" and (path == "/collect" or path == "/batch") and self.tracker is not None:
-            status, headers, body = self._server_hits(environ, path)
+        elif self.server_hits is not None and path in collect.PATHS and (method == "POST" or path == collect.DEBUG):
+            status, headers, body = self.server_hits(environ, path)
         elif method != "GET" and method != "HEAD":
             self._reject("method")
-            allow = "GET, HEAD, POST" if path in ("/collect", "/batch") and self.tracker is not None else "GET, HEAD"
+            allow = "GET, HEAD, POST" if path in collect.PATHS and self.tracker is not None else "GET, HEAD"
             status, headers, body = _text("405 Method Not Allowed", b"only GET and HEAD\n", [("Allow", allow)])
         else:
             try:
@@ -132,35 +134,6 @@ class PixelApp:
         start_response(status, headers)
         return [body] if method != "HEAD" else []
 
-    def _server_hits(self, environ: dict, path: str) -> Response:
-        """POST /collect (a form-encoded hit) or /batch (one per line): all stored, or none (400, 413)."""
-        assert self.tracker is not None
-        try:
-            if path == "/collect":
-                texts = [read_body(environ, MAX_HIT_BYTES)]
-            else:
-                texts = batch_lines(read_body(environ, MAX_BATCH_BYTES))
-            hits = []
-            for n, text in enumerate(texts, 1):
-                try:
-                    hit, _ = self.tracker.make(environ, params=parse_query(text), server=True)
-                except RequestError as exc:
-                    if path == "/batch":
-                        raise type(exc)(f"hit {n} of the batch: {exc}", exc.reason) from None
-                    raise
-                if hit is not None:
-                    hits.append(hit)
-        except RequestError as exc:
-            self._reject(exc.reason)
-            return _text(exc.status, exc.body)
-        except OSError as exc:
-            return self._refuse(exc)
-        for hit in hits:
-            if not self.record(hit):
-                return self._refuse()
-            self.accepted += 1
-        return "204 No Content", list(NO_CACHE), b""
-
     def _refuse(self, exc: OSError | None = None) -> Response:
         """503: the hit was not taken (the spool's disk refuses it); the sender may try again."""
         refuse = getattr(self.record, "refuse", None)
@@ -179,7 +152,8 @@ class PixelApp:
         metrics = self.metrics
         if metrics is None:
             return
-        counts = {"accepted": self.accepted, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
+        accepted = self.accepted + (self.server_hits.accepted if self.server_hits is not None else 0)
+        counts = {"accepted": accepted, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
         recorder = self.record
         if hasattr(recorder, "spooled"):
             counts["spooled"] = recorder.spooled

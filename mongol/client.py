@@ -13,8 +13,12 @@
 it was not (queue full, nothing to send); they never raise and never wait for the network. One
 background thread sends what is queued to `POST /batch` (up to 20 hits, 16 KiB, per request), or
 `/collect` for one hit, and retries a failed request (no connection, timeout, 5xx, 429) with
-exponential backoff; after `retries` attempts the hits are dropped with a warning in the log.
-Each hit carries `qt`, how long it waited, so its time is when it happened, not when it was sent.
+exponential backoff (at most `max_backoff` apart) for as long as it takes: hits are dropped (and
+counted) only when the queue is full, or after `retries` attempts if that is set. Each hit carries
+`qt`, how long it waited, so its time is when it happened, not when it was sent; and `hid`/`ht`, an
+id and a time of its own, which a mongol-serve that lists this server as `--trusted-sender` stores
+as the hit's id and time, so that a hit sent again after a timeout (the server had it, the answer
+was late) is stored once.
 
 The visitor's address and User-Agent travel as `uip` and `ua`: mongol-serve believes them only
 from a `--trusted-sender` (else the hit counts the sending server itself). A request carrying
@@ -23,6 +27,7 @@ from a `--trusted-sender` (else the hit counts the sending server itself). A req
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -50,6 +55,14 @@ def _pair(name: str, value: object) -> str:
     return quote(str(name), safe="") + "=" + quote(str(value), safe="")
 
 
+def _invalid(answer: str) -> int:
+    """How many hits a /batch answer says were refused."""
+    try:
+        return int(json.loads(answer).get("invalid", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
 def encode(fields: Mapping[str, Any]) -> str:
     """One hit, form-encoded; None values are left out, a list or tuple gives the name once per item."""
     parts = []
@@ -69,7 +82,7 @@ class Client:
     """Sends hits to the mongol-serve at `endpoint` (``https://stats.example.com``) from a thread."""
 
     def __init__(self, endpoint: str, *, site: str | None = None, max_queue: int = 10_000, timeout: float = 5.0,
-                 retries: int = 8, backoff: float = 0.5, max_backoff: float = 60.0) -> None:
+                 retries: int | None = None, backoff: float = 0.5, max_backoff: float = 60.0) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.site = site
         self.max_queue = max_queue
@@ -106,8 +119,11 @@ class Client:
             if not site or not url:
                 log.warning("mongol.client: a hit needs a site and a url; not sent (site=%r, url=%r)", site, url)
                 return self._drop(1)
+            now = time.time()
             line = encode({"site": site, "url": url, "title": title, "referrer": referrer, "ua": ua, "uip": ip,
-                           "cid": client_id, "uid": user_id, "t": kind, "dnt": 1 if dnt else None, **fields})
+                           "cid": client_id, "uid": user_id, "t": kind, "dnt": 1 if dnt else None,
+                           "hid": f"{int(now) & 0xFFFFFFFF:08x}{os.urandom(8).hex()}", "ht": int(now * 1000),
+                           **fields})
             if len(line) > MAX_HIT_BYTES:
                 log.warning("mongol.client: a hit of %d bytes is over %d; not sent", len(line), MAX_HIT_BYTES)
                 return self._drop(1)
@@ -220,12 +236,21 @@ class Client:
     def _send(self, batch: list[tuple[float, str]]) -> None:
         """Deliver a batch, with retries; a batch the server refuses is tried hit by hit."""
         delay = self.backoff
-        attempts = max(self.retries, 1)
-        for attempt in range(1, attempts + 1):
+        attempts = max(self.retries, 1) if self.retries is not None else None
+        attempt = 0
+        while True:
+            attempt += 1
             now = time.monotonic()
             lines = [f"{line}&qt={int((now - queued) * 1000)}" for queued, line in batch]
             path, body = ("/collect", lines[0]) if len(lines) == 1 else ("/batch", "\n".join(lines))
             status, detail = self._post(path, body.encode())
+            if status == 200 and detail.startswith("{"):  # a batch with bad lines: the others were stored
+                invalid = _invalid(detail)
+                if invalid:
+                    log.warning("mongol.client: mongol-serve refused %d of %d hits: %s", invalid, len(batch), detail)
+                self._done(len(batch) - invalid, True)
+                self._done(invalid, False)
+                return
             if 200 <= status < 300:
                 self._done(len(batch), True)
                 return
@@ -253,7 +278,9 @@ class Client:
             "Content-Type": "application/x-www-form-urlencoded", "User-Agent": USER_AGENT})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
+                answer = response.read(65536)
+                if response.headers.get_content_type() == "application/json":
+                    return response.status, answer.decode("utf-8", "replace")
                 return response.status, str(response.status)
         except urllib.error.HTTPError as exc:
             detail = ""

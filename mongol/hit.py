@@ -98,10 +98,11 @@ def clean_name(name: str) -> str | None:
     return name
 
 
-def parse_query(query: str) -> dict[str, str | list[str]]:
-    """GET parameters: a name given once maps to a string, given several times to a list."""
-    if len(query) > MAX_QUERY_BYTES:
-        raise URITooLong(f"query string over {MAX_QUERY_BYTES} bytes", "query too long")
+def parse_query(query: str, limit: int = MAX_QUERY_BYTES) -> dict[str, str | list[str]]:
+    """GET parameters: a name given once maps to a string, given several times to a list. `limit`:
+    the most bytes taken (a POSTed hit may have 8192, as Google's)."""
+    if len(query) > limit:
+        raise URITooLong(f"query string over {limit} bytes", "query too long")
     params: dict[str, str | list[str]] = {}
     if not query:
         return params
@@ -179,23 +180,24 @@ def in_networks(address: str, trusted: tuple[Network, ...]) -> bool:
 
 
 def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: int | None = None,
-                     params: dict | None = None) -> Hit:
+                     params: dict | None = None, url_optional: bool = False) -> Hit:
     """The hit a WSGI request records, as a journal record (`time` in integer microseconds since the
     epoch, UTC); raises RequestError when there is none to record. `now_us` is when the request
     arrived, if not now (mongol-ingest passes the time nginx logged); `params`, the request's
-    parameters parsed already (from a body, or read as Measurement Protocol names)."""
+    parameters parsed already (from a body, or read as Measurement Protocol names); `url_optional`:
+    a site is enough (a Measurement Protocol event, timing... names no page)."""
     hit: Hit = parse_query(environ.get("QUERY_STRING", "")) if params is None else params
     for name in ("site", "url"):
         if type(hit.get(name)) is list:
             hit[name] = hit[name][0]
-    if "site" not in hit or "url" not in hit:
+    if "site" not in hit or ("url" not in hit and not url_optional):
         found = site_and_url(environ.get("HTTP_REFERER", ""))
         if found is None:
             raise RequestError("missing site and url: pass both as parameters or send a Referer", "no site")
         hit.setdefault("site", found[0])
         hit.setdefault("url", found[1])
     attribute(hit)
-    url = hit["url"]
+    url = hit.get("url")
     if type(url) is str and "%" in url:
         # one page, one key: a url from a Referer, a script or a log is percent-encoded as browsers
         # send it, a url parameter from a server is often plain text; both are stored decoded

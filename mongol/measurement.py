@@ -20,20 +20,37 @@ fields of those names, as they always were). What each name becomes:
 ``uip``
 ``qt``   how long ago the hit happened, in milliseconds (at most 4 hours): its ``time`` is moved back
 ``dnt``  (Mongol's own) ``1``: the visitor sent ``DNT: 1`` or ``Sec-GPC: 1`` to the sending server
+``hid``  (Mongol's own) from a ``--trusted-sender`` only: the hit's ``_id`` (24 hex digits), with
+``ht``   its time in milliseconds since the epoch: a hit sent again is stored once; dropped otherwise
 ``v``    dropped (the protocol version), as is ``z`` (a cache buster)
 ======  =====================================================================================
 
-Every other name (``ds``, ``ec``, ``ea``, ``el``, ``ev``, ...) stays a field of that name.
+The fields of the other hit types get readable names (READABLE: ``ec`` is ``event_category``,
+``exd`` is ``exception_description``, ``ti`` is ``transaction_id``, ``cd`` is ``screen_name`` and
+also the ``url`` of a screenview...); a hit that is no page or screen view needs a site but no url.
+Every other name (``ds``, ``cd1``, ...) stays a field of that name.
 """
 
 from mongol.hit import Hit, RequestError, url_site_and_path
 
-IDENTITY = ("cid", "uid", "ua", "uip", "dnt", "qt")
+IDENTITY = ("cid", "uid", "ua", "uip", "dnt", "qt", "hid", "ht")
+MAX_AHEAD_US = 60_000_000  # a sender's clock may be a minute ahead
+# The fields of the other hit types, under readable names (README, "Server-side tracking")
+READABLE = {
+    "ec": "event_category", "ea": "event_action", "el": "event_label", "ev": "event_value",
+    "exd": "exception_description", "exf": "exception_fatal",
+    "utc": "timing_category", "utv": "timing_variable", "utt": "timing_time", "utl": "timing_label",
+    "ti": "transaction_id", "ta": "transaction_affiliation", "tr": "transaction_revenue",
+    "ts": "transaction_shipping", "tt": "transaction_tax", "cu": "currency",
+    "in": "item_name", "ip": "item_price", "iq": "item_quantity", "ic": "item_code", "iv": "item_category",
+    "sn": "social_network", "sa": "social_action", "st": "social_target",
+    "an": "app_name", "av": "app_version", "aid": "app_id", "cd": "screen_name",
+}
 MAX_QUEUE_TIME_MS = 4 * 3600 * 1000  # `qt` further back than this is ignored, as Google did
 VIEWS = ("pageview", "screenview")
 MAX_BATCH_HITS = 20          # as Google's /batch
 MAX_BATCH_BYTES = 16 * 1024  # the whole body
-MAX_HIT_BYTES = 8000         # one hit, as a pixel's query string
+MAX_HIT_BYTES = 8192         # one POSTed hit, as Google's limit
 
 
 def _first(value: str | list[str]) -> str:
@@ -56,15 +73,36 @@ def take_names(hit: Hit) -> dict[str, str]:
         if found is not None:
             hit.setdefault("site", found[0])
             hit.setdefault("url", found[1])
-    if "event" not in hit and _first(hit.get("t", "")) == "event":
+    kind = _first(hit.get("t", ""))
+    if "event" not in hit and kind == "event":
         name = _first(hit.get("ea") or hit.get("ec") or "")
         if name:
             hit["event"] = name  # counted with the script's custom events
+    if kind == "screenview" and "url" not in hit and hit.get("cd"):
+        hit["url"] = _first(hit["cd"])  # an app's screen is its page
+    for name in READABLE.keys() & hit.keys():
+        field = READABLE[name]
+        if field not in hit:
+            hit[field] = hit.pop(name)
     for name, field in (("dt", "title"), ("dr", "referrer")):
         value = hit.pop(name, None)
         if value is not None and field not in hit:
             hit[field] = value
     return identity
+
+
+def take_hit_id(hit: Hit, identity: dict[str, str]) -> None:
+    """A trusted sender's `hid` (24 hex digits) becomes the hit's `_id`, and its `ht` (milliseconds
+    since the epoch, within the last 4 hours) its time: sent again after a timeout, the hit is the same
+    (id and time), and the store keeps it once."""
+    hid, ht = identity["hid"], identity.get("ht", "")
+    if len(hid) != 24 or not all(c in "0123456789abcdef" for c in hid):
+        return
+    hit["_id"] = hid
+    if ht.isascii() and ht.isdigit() and len(ht) < 16:
+        when = int(ht) * 1000
+        if hit["time"] - MAX_QUEUE_TIME_MS * 1000 <= when <= hit["time"] + MAX_AHEAD_US:
+            hit["time"] = when
 
 
 def queue_time_us(identity: dict[str, str]) -> int:
@@ -102,12 +140,9 @@ def read_body(environ: dict, limit: int) -> str:
 
 
 def batch_lines(body: str) -> list[str]:
-    """The hits of a `/batch` body: one form-encoded hit per line, at most MAX_BATCH_HITS of at most
-    MAX_HIT_BYTES each (empty lines skipped)."""
+    """The hits of a `/batch` body: one form-encoded hit per line, at most MAX_BATCH_HITS (empty lines
+    skipped)."""
     lines = [line for line in body.replace("\r\n", "\n").split("\n") if line]
     if len(lines) > MAX_BATCH_HITS:
         raise BodyTooLarge(f"more than {MAX_BATCH_HITS} hits in a batch", "batch too large")
-    for n, line in enumerate(lines, 1):
-        if len(line) > MAX_HIT_BYTES:
-            raise BodyTooLarge(f"hit {n} of the batch is over {MAX_HIT_BYTES} bytes", "body too large")
-    return lines
+    return lines  # a line over MAX_HIT_BYTES is one bad hit of the batch (mongol.collect)

@@ -80,7 +80,7 @@ def split_campaign(url: str) -> tuple[str, dict[str, str]]:
 
 def attribute(hit: dict[str, Any]) -> None:
     """Set the campaign fields, `referrer`, `_source` and `_internal` of a hit, in place (module docstring)."""
-    url = hit["url"]
+    url = hit.get("url")
     found: dict[str, str] = {}
     if type(url) is str:
         url, found = split_campaign(url)

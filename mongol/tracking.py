@@ -204,7 +204,8 @@ class Tracker:
         identity = measurement.take_names(params) if server or params.get("v") == "1" else None
         if identity and "qt" in identity:
             now_us = (time.time_ns() // 1000 if now_us is None else now_us) - measurement.queue_time_us(identity)
-        hit = hit_from_environ(environ, self.trusted, now_us, params=params)
+        hit = hit_from_environ(environ, self.trusted, now_us, params=params,
+                               url_optional=identity is not None and not measurement.is_view(params))
         if identity is not None and not measurement.is_view(hit):
             hit["pageviews"] = 0
         options = self.options
@@ -212,13 +213,14 @@ class Tracker:
                      or (identity is not None and identity.get("dnt") == "1"))
         if opted_out and options.dnt == "skip":
             return None, None
-        if identity and ("ua" in identity or "uip" in identity) and options.senders \
-                and in_networks(hit["_ip"], options.senders):
+        if identity and options.senders and in_networks(hit["_ip"], options.senders):
             if "ua" in identity:
                 hit["_ua"] = identity["ua"]
             uip = identity.get("uip", "").strip()
             if uip and is_ip(uip):
                 hit["_ip"] = uip
+            if "hid" in identity:  # mongol.client's idempotency key: a retry is the same hit
+                measurement.take_hit_id(hit, identity)
         set_cookie = None
         if not opted_out:
             key = None

@@ -3,10 +3,12 @@ never blocking or raising into the caller, retried until the server takes them."
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,52 @@ def test_gives_up_after_retries_with_backoff(client):
     assert (mongol.failures, mongol.dropped, mongol.sent) == (4, 1, 0)
     assert elapsed >= 0.5 * (0.1 + 0.2 + 0.4)  # three waits, between four attempts
     assert elapsed < 20
+
+
+@pytest.mark.slow
+def test_a_server_stalled_past_the_timeout_stores_each_hit_once(start_server, store_uri, store, client, tmp_path):
+    """The workers stop (SIGSTOP) for longer than the client's timeout: the client sends again, and later the
+    server answers both the first requests (the kernel kept them) and the retries. The hit's id and time
+    from the client (hid, ht, from a trusted sender) make each one hit."""
+    from mongol.writer import read_status
+
+    spool = tmp_path / "spool"
+    server = start_server("--db", store_uri, "--spool", str(spool), "--flush-interval", "0.05",
+                          "--trusted-sender", "127.0.0.1", "--workers", "1")
+    mongol = client(server.url, site="s", timeout=0.5, backoff=0.2, max_backoff=0.5)
+    writer = read_status(spool)["pid"]
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    workers = [int(p) for p in children
+               if int(p) != writer]
+    for n in range(10):
+        assert mongol.hit(f"/before/{n}", n=n)
+    assert mongol.flush(20)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for n in range(10, 40):
+            assert mongol.hit(f"/stalled/{n}", n=n)
+        wait_until(lambda: mongol.failures >= 3, 20, "the client to time out and send again")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert mongol.flush(30)
+    wait_until(lambda: store.count() >= 40, 30, "40 hits stored")
+    counts: dict[int, int] = {}
+    for hit in store.hits():
+        counts[int(hit["n"])] = counts.get(int(hit["n"]), 0) + 1
+    assert set(counts) == set(range(40)) and set(counts.values()) == {1}, counts
+    assert (mongol.sent, mongol.dropped) == (40, 0)
+    print(f"stalled server: 40 sent, {mongol.failures} requests timed out and sent again, 40 stored once each")
+
+
+def test_keeps_retrying_while_the_queue_has_room(store_uri, store, client, tmp_path):
+    """No limit on attempts by default: a long outage drops nothing while the queue has room."""
+    port = free_port()
+    mongol = client(f"http://127.0.0.1:{port}", site="s", backoff=0.01, max_backoff=0.02)
+    assert mongol.hit("/through-the-outage")
+    wait_until(lambda: mongol.failures >= 30, 20, "many more attempts than the old limit of 8")
+    with serving_on(port, store_uri, tmp_path):
+        assert mongol.flush(20)
+        assert [h["url"] for h in stored(store, 1)] == ["/through-the-outage"]
+    assert (mongol.sent, mongol.dropped) == (1, 0)
