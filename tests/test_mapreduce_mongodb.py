@@ -66,6 +66,16 @@ def test_a_function_body_is_a_function(mapper, reducer, finalize):
     assert dict(map_reduce(URLS, mapper, reducer, finalize)) == {"/a": 2, "/b": 1}
 
 
+def test_a_report_section_may_give_function_bodies(tmp_path):
+    from mongol.reportconfig import load
+
+    config = tmp_path / "reports.cfg"
+    config.write_text(f"[s]\noutput = {tmp_path}\nmapper = emit(this.url, 1)\n"
+                      "reducer = return Array.sum(arguments[1])\n")
+    [spec] = load(config, mongodb=False)
+    assert dict(map_reduce(URLS, spec.mapper, spec.reducer)) == {"/a": 2, "/b": 1}
+
+
 def test_a_body_ending_in_a_statement_returns_undefined():
     result = dict(map_reduce(URLS, MAPPER, SUM, "var v = arguments[1]; if (v > 1) { v = 0 }"))
     assert result == {"/a": None, "/b": None}

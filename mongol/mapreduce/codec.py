@@ -115,23 +115,11 @@ def decode_results(data: bytes) -> list[tuple[Any, Any]]:
 
 
 # An integer-like name ("1"), which JavaScript enumerates before the others, whatever the stored order.
-_INDEX_NAME = re.compile(r'"(?:0|[1-9][0-9]*)":')
-_INDEX_NAME_BYTES = re.compile(_INDEX_NAME.pattern.encode())
+_INDEX_NAME = re.compile(rb'"(?:0|[1-9][0-9]*)":')
 
 
-def may_reorder(text: str | bytes, whole: bool) -> bool:
-    """Whether JSON.parse could enumerate the names of some object of a batch in another order than
-    the text has them (the engine then parses it keeping the order, which is slower).
-
-    A mapper that reads the hit only as `this.name` (not `whole`) cannot see the order of the hit's
-    own fields, only that of objects inside them: unless the text has such an object or array (an
-    object field whose value starts with `{` or `[`), nothing is looked for. JSON from orjson and
-    SQLite has no spaces, so `":{` and `":[` are how those look.
-    """
-    if isinstance(text, bytes):
-        if not whole and b'":{' not in text and b'":[' not in text:
-            return False
-        return _INDEX_NAME_BYTES.search(text) is not None
-    if not whole and '":{' not in text and '":[' not in text:
-        return False
+def may_reorder(text: bytes) -> bool:
+    """Whether JSON.parse could enumerate the names of some object of a JSON text in another order than
+    the text has them (the engine then parses it keeping the order, which is slower). A regular
+    expression over bytes: about 0.3 us a hit, several times quicker than over str or with `in`."""
     return _INDEX_NAME.search(text) is not None

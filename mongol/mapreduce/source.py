@@ -25,6 +25,7 @@ _AS_EXPRESSION = (("throw 0; (\n", "\n)"), ("throw 0; (0 ? \n", "\n : 0)"))
 _AS_BODY = (("throw 0; (function () {\n", "\n})"), ("throw 0; (0 ? function () {\n", "\n} : 0)"))
 # Where the last statement of a body may start: after a `;`, a `}` or a line break.
 _STATEMENT_END = re.compile(r"[;}\n]")
+_CANDIDATES = 400
 # What, at the start of a line, continues the expression of the line before (no semicolon is inserted).
 _CONTINUES = re.compile(r"\s*(?:[-+*/%<>=&|^?:,.(\[`]|(?:in|instanceof)\b)")
 
@@ -77,7 +78,10 @@ def _as_function(ctx: Any, body: str) -> str | None:
     `body` is no function body."""
     if _compile_error(ctx, body, _AS_BODY) is not None:
         return None
-    for start in [0, *(m.end() for m in _STATEMENT_END.finditer(body))]:
+    # Each candidate costs a few compiles of the body: only the last _CANDIDATES are looked at, so that a
+    # huge body cannot stall the check (a last expression that starts earlier is then not returned).
+    starts = [0, *(m.end() for m in _STATEMENT_END.finditer(body))]
+    for start in starts[-_CANDIDATES:] if len(starts) > _CANDIDATES else starts:
         head, tail = body[:start], body[start:]
         if not tail.strip() or (start and body[start - 1] != ";" and _CONTINUES.match(tail)):
             continue

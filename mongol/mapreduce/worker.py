@@ -60,23 +60,24 @@ def worker_main(conn: Connection, sources: list[str | None], limits: Limits, hit
             op = msg[:1]
             if op == b"B":
                 (engine.allowance,) = F8.unpack_from(msg, 1)
-                text = msg[1 + F8.size:].decode()
-                engine.map(text, may_reorder(text, whole))
+                data = msg[1 + F8.size:]
+                engine.map(data.decode(), may_reorder(data))
                 conn.send_bytes(b"A" + F8.pack(engine.used))
             elif op == b"S":
                 # The others' use only grows: an L that overtook this message is the more recent.
                 engine.allowance = min(engine.allowance, F8.unpack_from(msg, 1)[0])
                 mapped, reported = 0, time.monotonic()
                 for count, text, tagged in _read_part(hits, orjson.loads(msg[1 + F8.size:])):  # type: ignore[arg-type]
-                    engine.map_hits(text, tagged, may_reorder(text, whole))
+                    # Hits stored by Mongol's programs hold no objects inside fields (values are strings
+                    # or lists of strings), so only a mapper that sees the hit's own order needs a look.
+                    engine.map_hits(text, tagged, whole and may_reorder(text.encode()))
                     mapped += count
                     if time.monotonic() - reported >= REPORT_EVERY:
                         conn.send_bytes(b"U" + F8U4.pack(engine.used, mapped))
                         mapped, reported = 0, time.monotonic()
                 conn.send_bytes(b"D" + F8U4.pack(engine.used, mapped))
             elif op == b"I":
-                text = msg[1:].decode()
-                engine.absorb(text, may_reorder(text, True))
+                engine.absorb(msg[1:].decode(), may_reorder(msg[1:]))
             elif op == b"P":
                 engine.allowance, n = F8U4.unpack_from(msg, 1)
                 for text in engine.partial(n):
