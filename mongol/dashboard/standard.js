@@ -1,0 +1,1 @@
+/* mongol-report dashboard: the standard reports view */
