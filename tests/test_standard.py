@@ -2,6 +2,7 @@
 incremental runs, replays, purges, time zones; and mongol-report publishing them as JSONP files."""
 
 import json
+import os
 import re
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from tests.conftest import BIN
 from tests.standard_hits import SITE, expected, make_hits
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+ROOT = Path(__file__).parent.parent
 
 
 def spec_for(tmp_path: Path, zone: str = "UTC", extra: str = "") -> object:
@@ -141,11 +143,15 @@ def read_jsonp(path: Path, callback: str = "results") -> object:
 
 
 def published(out: Path) -> dict[str, dict]:
+    return published_as(out, "std")
+
+
+def published_as(out: Path, name: str) -> dict[str, dict]:
     """The days of the published files, in the reference's shape."""
-    index = read_jsonp(out / "std.json")
+    index = read_jsonp(out / f"{name}.json")
     days = {}
     for month in index["months"]:
-        data = read_jsonp(out / "std" / f"{month}.json")
+        data = read_jsonp(out / name / f"{month}.json")
         assert data["month"] == month and data["site"] == SITE
         days.update(data["days"])
     assert sorted(days) == [row[0] for row in index["days"]]
@@ -183,3 +189,21 @@ def test_mongol_report_publishes_and_keeps_history_past_the_purge(store_uri, tmp
     assert published(tmp_path / "out") == expected(hits + recent)  # the purged days are all still there
     manifest = (tmp_path / "out" / "reports.js").read_text()
     assert '"name":"std","file":"std.json"' in manifest and '"standard":true,"timezone":"UTC"' in manifest
+
+
+def test_the_example_config_runs_as_it_is_on_the_default_store(tmp_path):
+    """reports.cfg.example, unchanged, on the default embedded store: exit 0, the standard section first."""
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("MONGOL_DB", None)
+    store = open_store(f"sqlite://{tmp_path}/data/mongol/mongol.db")  # where mongol-serve would create it
+    try:
+        store.insert_many(make_hits(NOW, days=3))
+    finally:
+        store.close()
+    result = subprocess.run([str(BIN / "mongol-report"), str(ROOT / "reports.cfg.example"), "--verbose"],
+                            capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("mongol-report: [example.com] wrote ")
+    out = tmp_path / "mongol-reports"
+    assert published_as(out, "example.com") == expected(make_hits(NOW, days=3))
+    assert (out / "index.html").exists() and (out / "site.json").exists()
