@@ -207,3 +207,18 @@ def test_the_example_config_runs_as_it_is_on_the_default_store(tmp_path):
     out = tmp_path / "mongol-reports"
     assert published_as(out, "example.com") == expected(make_hits(NOW, days=3))
     assert (out / "index.html").exists() and (out / "site.json").exists()
+
+
+def test_a_standard_section_holds_back_no_purge(tmp_path):
+    """It reads raw hits only until its days are kept (it runs first), so another section's `time` still
+    removes that site's hits; its own `time` removes them too, and without one it removes nothing."""
+    from mongol.report import plan_purge
+
+    config = tmp_path / "r.cfg"
+    config.write_text(f"[DEFAULT]\noutput = {tmp_path}/out\n[std]\nstandard = yes\nsite = a.org\n"
+                      "[a]\nsite = a.org\ntime = days:2\n[std-purging]\nstandard = yes\nsite = a.org\ntime = days:1\n")
+    specs = load(config, mongodb=False)
+    std, a, std_purging = specs
+    assert plan_purge(std, specs, NOW) is None
+    assert plan_purge(a, specs, NOW).cutoff == NOW - timedelta(days=2)
+    assert plan_purge(std_purging, specs, NOW).cutoff == NOW - timedelta(days=2)  # [a] reads two days
