@@ -222,3 +222,25 @@ def test_a_standard_section_holds_back_no_purge(tmp_path):
     assert plan_purge(std, specs, NOW) is None
     assert plan_purge(a, specs, NOW).cutoff == NOW - timedelta(days=2)
     assert plan_purge(std_purging, specs, NOW).cutoff == NOW - timedelta(days=2)  # [a] reads two days
+
+
+def test_dry_run_says_what_it_would_recompute_and_changes_nothing(tmp_path):
+    db = f"sqlite://{tmp_path}/hits.db"
+    store = open_store(db)
+    try:
+        store.insert_many(make_hits(NOW, days=3))
+    finally:
+        store.close()
+    config = tmp_path / "r.cfg"
+    config.write_text(f"[std]\noutput = {tmp_path}/out\nstandard = yes\nsite = {SITE}\ntime = days:1\n")
+    result = report(config, db, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"[std] would write {tmp_path}/out/std.json (4 days to recompute)\n")
+    assert "would remove" in result.stdout
+    assert not (tmp_path / "out").exists()
+    store = open_store(db)
+    try:
+        assert store.kept_days(standard.report_key(spec_for(tmp_path))) == {}
+        assert store.count(end=NOW - timedelta(days=1), site=SITE) > 0
+    finally:
+        store.close()

@@ -224,6 +224,11 @@ def test_readable_on_a_phone_and_screenshots(folder, static_server, browser):  #
     base = static_server(folder.out) + "index.html"
     visit, view = open_view(browser, f"{base}#site={SITE}&range=30d")
     check_view(view, expected(folder.hits), TODAY - timedelta(days=29), TODAY)
+    # titles and urls are the visitors' text: shown as text, never run or parsed as markup
+    assert visit.page.evaluate("document.querySelectorAll('section.standard script, section.standard b').length") == 0
+    titles = visit.page.evaluate("Array.from(document.querySelectorAll('[data-panel=pages] .title'), "
+                                 "(e) => e.textContent)")
+    assert "<script>alert(1)</script>" in titles
     ARTIFACTS.mkdir(exist_ok=True)
     visit.page.screenshot(path=ARTIFACTS / "standard-dashboard.png", full_page=True)
     phone = visit.page
