@@ -244,3 +244,28 @@ def test_dry_run_says_what_it_would_recompute_and_changes_nothing(tmp_path):
         assert store.count(end=NOW - timedelta(days=1), site=SITE) > 0
     finally:
         store.close()
+
+
+def test_hits_stored_before_the_change_marks_are_counted(store_uri, tmp_path):
+    """A store written by an older Mongol has hits and no marks: the first standard run counts them all."""
+    hits = make_hits(NOW, days=4)
+    store = open_store(store_uri)
+    try:
+        store.insert_many(hits)
+        if store_uri.startswith("sqlite"):  # back to schema version 1: no marks
+            store._db.execute("DELETE FROM changed_hours")
+            store._db.execute("PRAGMA user_version = 1")
+        else:
+            from mongol.stores.mongodb import CHANGED, COUNTERS
+
+            store._db[CHANGED].delete_many({})
+            store._db[COUNTERS].delete_many({})
+    finally:
+        store.close()
+    store = open_store(store_uri)
+    try:
+        spec = spec_for(tmp_path)
+        assert len(standard.update(store, spec).recomputed) == 5
+        assert kept(store, spec) == expected(hits)
+    finally:
+        store.close()

@@ -149,7 +149,26 @@ class MongoStore:
     # The standard reports (mongol.standard) ------------------------------------------------------
 
     def changed_hours(self, site: str) -> list[tuple[datetime, int]]:
+        self._mark_stored_once()
         return [(doc["hour"], doc["seq"]) for doc in self._db[CHANGED].find({"site": site}, {"_id": 0})]
+
+    def _mark_stored_once(self) -> None:
+        """Hits stored before there were change marks (an older Mongol) get theirs, once: every hour of
+        every site that holds hits is marked with a new change number."""
+        counters = self._db[COUNTERS]
+        if counters.find_one({"name": "marked-stored-hits"}):
+            return
+        seq = counters.find_one_and_update({"name": "changes"}, {"$inc": {"seq": 1}}, upsert=True,
+                                           return_document=ReturnDocument.AFTER)["seq"]
+        since = {"$subtract": ["$time", EPOCH]}
+        hours = self.collection.aggregate([{"$group": {"_id": {"site": "$site", "ms": {
+            "$subtract": [since, {"$mod": [since, 3_600_000]}]}}}}])
+        marks = [UpdateOne({"site": doc["_id"]["site"] if isinstance(doc["_id"].get("site"), str) else "",
+                            "hour": EPOCH + timedelta(milliseconds=doc["_id"]["ms"])},
+                           {"$max": {"seq": seq}}, upsert=True) for doc in hours]
+        if marks:
+            self._db[CHANGED].bulk_write(marks, ordered=False)
+        counters.update_one({"name": "marked-stored-hits"}, {"$set": {"seq": seq}}, upsert=True)
 
     def purge_horizon(self, site: str) -> datetime | None:
         cutoffs = [doc["cutoff"] for doc in self._db[PURGED].find({"site": {"$in": ["", site]}})]
