@@ -24,7 +24,7 @@ import orjson
 
 from mongol.errors import StoreError
 from mongol.stores import Hit
-from mongol.stores.sqlite_standard import STANDARD_FILL, STANDARD_QUERIES, STANDARD_TEMP
+from mongol.stores.sqlite_standard import StandardDays
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -138,7 +138,7 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-class SQLiteStore:
+class SQLiteStore(StandardDays):
     blocking = True
 
     def __init__(self, path: str) -> None:
@@ -278,55 +278,6 @@ class SQLiteStore:
             deleted += n
             if n < DELETE_CHUNK:
                 return deleted
-
-    # The standard reports (mongol.standard) ------------------------------------------------------
-
-    def changed_hours(self, site: str) -> list[tuple[datetime, int]]:
-        """Every UTC hour of `site` that ever received hits, with the change number of its latest insert."""
-        rows = self._db.execute("SELECT hour, seq FROM changed_hours WHERE site = ?", (site,))
-        return [(from_us(hour), seq) for hour, seq in rows]
-
-    def purge_horizon(self, site: str) -> datetime | None:
-        """The latest cutoff before which hits of `site` were deleted, or None."""
-        row = self._db.execute("SELECT max(cutoff) FROM purged WHERE site IN ('', ?)", (site,)).fetchone()
-        return None if row[0] is None else from_us(row[0])
-
-    def standard_rows(self, site: str, spans: list[tuple[datetime, datetime, timedelta]]) -> Iterator[tuple]:
-        """The standard figures of `site`'s hits in `spans` ([start, end) in UTC, each with the offset of its
-        clock from UTC), as mongol.standard describes. One read of the hits into a temporary table of the
-        fields needed (in memory: a chunk of days), every figure a GROUP BY over it."""
-        self._db.execute("PRAGMA temp_store = MEMORY")
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute(STANDARD_TEMP)
-            self._db.execute("DELETE FROM temp.std")
-            for start, end, offset in spans:
-                off = offset // ONE_US
-                self._db.execute(STANDARD_FILL, (off, off, site, to_us(start), to_us(end)))
-            for figure, sql in STANDARD_QUERIES:
-                for day, hour, key, value in self._db.execute(sql):
-                    yield figure, day, hour, orjson.loads(key) if key is not None else None, value
-            self._db.execute("DELETE FROM temp.std")
-        finally:
-            self._db.execute("COMMIT")
-
-    def kept_days(self, report: str) -> dict[str, tuple[int, list]]:
-        """The kept days of a standard report: {day: (change number, [pageviews, visitors, bots])}."""
-        rows = self._db.execute("SELECT day, seq, totals FROM standard_days WHERE report = ?", (report,))
-        return {day: (seq, orjson.loads(totals)) for day, seq, totals in rows}
-
-    def kept_docs(self, report: str, first: str, last: str) -> dict[str, dict]:
-        """The kept figures of the days first..last (YYYY-MM-DD, inclusive)."""
-        rows = self._db.execute("SELECT day, doc FROM standard_days WHERE report = ? AND day BETWEEN ? AND ?",
-                                (report, first, last))
-        return {day: orjson.loads(doc) for day, doc in rows}
-
-    def keep_days(self, report: str, days: dict[str, tuple[int, list, dict]]) -> None:
-        """Store (replace) kept days: {day: (change number, totals, doc)}."""
-        with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO standard_days VALUES (?, ?, ?, ?, ?)", [
-                (report, day, seq, orjson.dumps(totals).decode(), orjson.dumps(doc).decode())
-                for day, (seq, totals, doc) in days.items()])
 
     def close(self) -> None:
         self._db.close()
