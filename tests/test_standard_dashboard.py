@@ -230,7 +230,9 @@ def test_readable_on_a_phone_and_screenshots(folder, static_server, browser):  #
                                  "(e) => e.textContent)")
     assert "<script>alert(1)</script>" in titles
     ARTIFACTS.mkdir(exist_ok=True)
-    visit.page.screenshot(path=ARTIFACTS / "standard-dashboard.png", full_page=True)
+    visit.page.screenshot(path=ARTIFACTS / "standard-dashboard.png", full_page=True)  # README's docs/dashboard.png
+    _, from_disk = open_view(browser, (folder.out / "index.html").as_uri() + f"#site={SITE}&range=7d")
+    check_view(from_disk, expected(folder.hits), TODAY - timedelta(days=6), TODAY)  # file:// works too
     phone = visit.page
     phone.set_viewport_size({"width": 390, "height": 844})
     phone.wait_for_function("document.documentElement.scrollWidth <= 390")
