@@ -1,6 +1,7 @@
 """The aggregation of the standard reports on MongoDB (mongol.standard describes the figures)."""
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_MS = 3600 * 1000
@@ -46,6 +47,9 @@ def standard_pipeline(site: str, spans: list[tuple[datetime, datetime, timedelta
                                ("countries", "country"))},
         "events": _by({"bot": False, "event": {"$ne": None}}, {"k": ["$event"]}, 1),
     }
-    window = [{"time": {"$gte": start, "$lt": end}} for start, end, _ in spans]
-    return [{"$match": {"site": site, "$or": window}}, {"$project": project},
+    if all(a[1] == b[0] for a, b in pairwise(spans)):  # consecutive days: one index range
+        window: dict = {"time": {"$gte": spans[0][0], "$lt": spans[-1][1]}}
+    else:
+        window = {"$or": [{"time": {"$gte": start, "$lt": end}} for start, end, _ in spans]}
+    return [{"$match": {"site": site, **window}}, {"$project": project},
             {"$facet": facets}]
