@@ -55,8 +55,7 @@ CREATE TABLE IF NOT EXISTS pageviews_hourly (
 -- The standard reports (mongol.standard): every insert of new hits takes the next change number and
 -- marks each (site, hour) it touched with it; a report recomputes the days whose marks are newer
 -- than the number it kept with the day. Deletes mark nothing: kept days outlive the raw hits.
-CREATE TABLE IF NOT EXISTS change_seq (seq INTEGER NOT NULL);
-INSERT INTO change_seq SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM change_seq);
+CREATE TABLE IF NOT EXISTS change_seq (seq INTEGER NOT NULL);  -- one row, made by _migrate
 CREATE TABLE IF NOT EXISTS changed_hours (
     site TEXT NOT NULL,      -- hits.site, '' when NULL
     hour INTEGER NOT NULL,   -- start of the UTC hour, microseconds since the epoch
@@ -168,6 +167,7 @@ class SQLiteStore(StandardDays):
                 self._db.execute("DELETE FROM pageviews_hourly")
                 self._db.execute(FILL_HOURLY)
             if version < 2:
+                self._db.execute("INSERT INTO change_seq SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM change_seq)")
                 self._db.execute("UPDATE change_seq SET seq = seq + 1")
                 self._db.execute("INSERT OR IGNORE INTO changed_hours SELECT DISTINCT site, hour, "
                                  "(SELECT seq FROM change_seq) FROM pageviews_hourly")
