@@ -21,6 +21,7 @@ DEFAULT_DATABASE = "mongol"
 COLLECTION = "analytics"
 # The standard reports (mongol.standard): change numbers, the hours they marked, purge cutoffs, kept days.
 COUNTERS, CHANGED, PURGED, DAYS = "mongol_counters", "mongol_changed_hours", "mongol_purged", "mongol_days"
+MARKED = "marked-stored-hits"  # a counter document: the hits of an older Mongol have their marks
 DUPLICATE_KEY = 11000
 SELECTION_TIMEOUT_MS = 5000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -47,6 +48,9 @@ class MongoStore:
             self.collection.create_index([("site", ASCENDING), ("time", ASCENDING)])
             self._db[CHANGED].create_index([("site", ASCENDING), ("hour", ASCENDING)], unique=True)
             self._db[DAYS].create_index([("report", ASCENDING), ("day", ASCENDING)], unique=True)
+            counters = self._db[COUNTERS]
+            if counters.find_one({"name": MARKED}) is None and self.collection.find_one({}, {"_id": 1}) is None:
+                counters.update_one({"name": MARKED}, {"$set": {"seq": 0}}, upsert=True)  # no hit to mark
         except StoreError:
             self._client.close()
             raise
@@ -156,7 +160,7 @@ class MongoStore:
         """Hits stored before there were change marks (an older Mongol) get theirs, once: every hour of
         every site that holds hits is marked with a new change number."""
         counters = self._db[COUNTERS]
-        if counters.find_one({"name": "marked-stored-hits"}):
+        if counters.find_one({"name": MARKED}):
             return
         seq = counters.find_one_and_update({"name": "changes"}, {"$inc": {"seq": 1}}, upsert=True,
                                            return_document=ReturnDocument.AFTER)["seq"]
@@ -168,7 +172,7 @@ class MongoStore:
                            {"$max": {"seq": seq}}, upsert=True) for doc in hours]
         if marks:
             self._db[CHANGED].bulk_write(marks, ordered=False)
-        counters.update_one({"name": "marked-stored-hits"}, {"$set": {"seq": seq}}, upsert=True)
+        counters.update_one({"name": MARKED}, {"$set": {"seq": seq}}, upsert=True)
 
     def purge_horizon(self, site: str) -> datetime | None:
         cutoffs = [doc["cutoff"] for doc in self._db[PURGED].find({"site": {"$in": ["", site]}})]
