@@ -16,10 +16,13 @@ CAMPAIGNS = [None, None, None, ("newsletter", "email", "november"), ("twitter", 
 BROWSERS = [("Chrome", "Windows", "Other"), ("Firefox", "Linux", "Other"), ("Mobile Safari", "iOS", "iPhone")]
 
 
-def make_hits(now: datetime, days: int = 12, seed: int = 12, site: str = SITE, per_hour: int = 3) -> list[dict]:
+def make_hits(now: datetime, days: int = 12, seed: int = 12, site: str = SITE, per_hour: int = 3,
+              hostile: bool = True) -> list[dict]:
     """Hits of `site` over the last `days` days (and a few of another site): visits that begin on an entry page
-    from a source or a campaign and go on internally, events, DNT visitors (no _visitor), bots, countries."""
+    from a source or a campaign and go on internally, events, DNT visitors (no _visitor), bots, countries.
+    `hostile`: one page has markup in its url and title (False: for a screenshot)."""
     rnd = random.Random(seed)
+    pages = PAGES if hostile else PAGES[:-1]
     hits: list[dict] = []
     start = now - timedelta(days=days)
     when = start
@@ -39,7 +42,7 @@ def make_hits(now: datetime, days: int = 12, seed: int = 12, site: str = SITE, p
             if n % 13 == 0:  # a crawler
                 hits.append(_hit(at, {**base, "_bot": True, "_device": "Spider", "url": "/", "pageviews": 1}))
                 continue
-            url, title = rnd.choice(PAGES)
+            url, title = rnd.choice(pages)
             entry = {**base, "url": url, "pageviews": 1, **({"title": title} if title else {})}
             source = rnd.choice(SOURCES)
             if source:
@@ -54,7 +57,7 @@ def make_hits(now: datetime, days: int = 12, seed: int = 12, site: str = SITE, p
                 entry["screen"] = "390"
             hits.append(_hit(at, entry))
             for step in range(rnd.randint(0, 2)):  # internal navigation
-                url2, title2 = rnd.choice(PAGES)
+                url2, title2 = rnd.choice(pages)
                 hits.append(_hit(at + timedelta(seconds=10 + step), {
                     **base, "url": url2, "pageviews": 1, "_internal": True, **({"title": title2} if title2 else {})}))
             if n % 5 == 0:

@@ -241,3 +241,21 @@ def test_readable_on_a_phone_and_screenshots(folder, static_server, browser):  #
                            "(e) => parseFloat(getComputedStyle(e).fontSize))")
     assert min(sizes) >= 12
     phone.screenshot(path=ARTIFACTS / "standard-dashboard-phone.png", full_page=False)
+
+
+def test_the_readme_screenshot(tmp_path, static_server, browser):  # noqa: F811
+    """docs/dashboard.png is this page (copied from test-artifacts/dashboard-site.png), checked like the others."""
+    hits = make_hits(NOW, days=40, seed=4, per_hour=4, hostile=False)
+    db = f"sqlite://{tmp_path}/hits.db"
+    store = open_store(db)
+    try:
+        store.insert_many(hits)
+    finally:
+        store.close()
+    config = tmp_path / "reports.cfg"
+    config.write_text(f"[example]\noutput = {tmp_path}/out\nstandard = yes\nsite = {SITE}\n")
+    assert report(config, db).returncode == 0
+    visit, view = open_view(browser, static_server(tmp_path / "out") + f"index.html#site={SITE}&range=30d")
+    check_view(view, expected(hits), TODAY - timedelta(days=29), TODAY)
+    ARTIFACTS.mkdir(exist_ok=True)
+    visit.page.screenshot(path=ARTIFACTS / "dashboard-site.png", full_page=True)
