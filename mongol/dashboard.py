@@ -26,7 +26,7 @@ from mongol.errors import MongolError
 from mongol.jsonp import plain, publish
 from mongol.reportconfig import ReportSpec
 
-ASSETS = ("index.html", "dashboard.js", "dashboard.css")
+ASSETS = ("index.html", "dashboard.js", "standard.js", "dashboard.css")
 MANIFEST = "reports.js"
 MANIFEST_CALLBACK = "mongolDashboard"
 #: Every file written here contains this text; an existing file without it is not ours to replace.
@@ -75,7 +75,8 @@ def written(path: Path) -> datetime | None:
 def manifest(specs: list[ReportSpec], now: datetime) -> bytes:
     """reports.js for the sections of one folder."""
     reports = [{"name": spec.name, "file": spec.path.name, "callback": spec.callback, "site": spec.site,
-                "window": describe_window(spec.window), "written": written(spec.path)} for spec in specs]
+                "window": describe_window(spec.window), "written": written(spec.path),
+                **({"standard": True, "timezone": spec.timezone} if spec.standard else {})} for spec in specs]
     body = orjson.dumps(plain({"generated": now, "reports": reports}))
     body = body.replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
     return (b"/* " + MARKER + b": the reports of this folder, rewritten by every mongol-report run */\n"

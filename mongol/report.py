@@ -101,7 +101,9 @@ def plan_purge(spec: ReportSpec, specs: list[ReportSpec], now: datetime) -> Purg
     if spec.window is None:
         return None
     site = spec.purge_site
-    readers = [other for other in specs if other.site is None or other.site == site]
+    # another standard section reads raw hits only until its days are kept (it runs first): no reader
+    readers = [other for other in specs if (other.site is None or other.site == site)
+               and (other is spec or not other.standard)]
     unbounded = [other.name for other in readers if other.window is None]
     if unbounded:
         return Purge(site, None, f"[{unbounded[0]}] reads them with no time window")

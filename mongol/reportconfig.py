@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mongol.errors import MongolError
 
@@ -63,6 +64,11 @@ OPTIONS: tuple[Option, ...] = (
            "60"),
     Option("memory_limit", "512", "Megabytes each JavaScript context may allocate; past it the section fails.",
            "256"),
+    Option("standard", "no", "yes: the standard reports of `site` (required with it): daily figures kept in the "
+           "store, published as SECTION.json and SECTION/YYYY-MM.json for the dashboard; mapper, reducer, "
+           "pipeline, limit and order do not apply, and `time` only removes old raw hits.", "yes"),
+    Option("timezone", "UTC", "The IANA time zone whose days and hours the standard reports count in.",
+           "Europe/Berlin"),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 DEFAULTS = {o.name: o.default for o in OPTIONS}
@@ -92,6 +98,8 @@ class ReportSpec:
     engine: str
     cpu_seconds: float
     memory_mb: int
+    standard: bool = False
+    timezone: str = "UTC"
 
     @property
     def path(self) -> Path:
@@ -155,6 +163,22 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _yes_no(text: str) -> bool:
+    if text.strip().lower() in ("yes", "true", "on", "1"):
+        return True
+    if text.strip().lower() in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not yes or no")
+
+
+def _timezone(text: str) -> str:
+    try:
+        ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{text!r} is not an IANA time zone name (like UTC or Europe/Berlin)") from None
+    return text.strip()
+
+
 def _pipeline(text: str) -> list:
     try:
         stages = json.loads(text)
@@ -174,6 +198,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "engine": _choice(*ENGINES),
     "cpu_limit": lambda text: float(_int(1)(text)),
     "memory_limit": _int(16),
+    "standard": _yes_no,
+    "timezone": _timezone,
 }
 
 
@@ -209,7 +235,8 @@ def load(path: str | Path, *, mongodb: bool) -> list[ReportSpec]:
                 site=values["site"], callback=values["callback"], limit=values["limit"],
                 descending=values["order"] == "D", mapper=values["mapper"], reducer=values["reducer"],
                 finalize=values["finalize"], pipeline=values["pipeline"], engine=values["engine"],
-                cpu_seconds=values["cpu_limit"], memory_mb=values["memory_limit"]))
+                cpu_seconds=values["cpu_limit"], memory_mb=values["memory_limit"],
+                standard=values["standard"], timezone=values["timezone"]))
         problems.extend(mine)
     if problems:
         raise ConfigError(problems)
@@ -248,11 +275,13 @@ def _section_problems(where: str, name: str, parser: configparser.ConfigParser, 
         problem("pipeline", "needs a MongoDB store (the embedded store has no aggregation pipelines)")
     if values.get("engine") == "server" and not mongodb:
         problem("engine", "server needs a MongoDB store (the embedded store has no mapReduce command)")
+    if values.get("standard") and not values.get("site"):
+        problem("site", "required with standard = yes: the site whose standard reports these are")
     return problems
 
 
 def _compile_problems(where: str, name: str, values: dict[str, Any]) -> list[str]:
-    if values.get("pipeline") is not None:
+    if values.get("pipeline") is not None or values.get("standard"):
         return []
     from mongol.mapreduce import CompileError, check_compiles
 

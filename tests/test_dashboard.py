@@ -460,4 +460,4 @@ def test_the_page_is_self_contained():
         assert set(re.findall(r"\w+://[^\s\"')]+", text)) <= {"http://www.w3.org/2000/svg"}, name
         assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "document.write" not in text
     html = dashboard.asset("index.html").decode()
-    assert re.findall(r'(?:src|href)="([^"]+)"', html) == ["data:,", "dashboard.css", "dashboard.js"]
+    assert re.findall(r'(?:src|href)="([^"]+)"', html) == ["data:,", "dashboard.css", "standard.js", "dashboard.js"]

@@ -166,8 +166,10 @@ def test_example_reports_read_the_new_fields(serve, store, store_uri, geoip, tmp
     for _ in range(5):
         get(server, "site=a&url=/robots-love-this&referrer=https://spam.example/", ua=bot, ip="203.0.113.200")
     stored(store, 9)
+    from tests.test_reportconfig import uncomment_mongodb_only
+
     example = configparser.ConfigParser(interpolation=None)
-    example.read(ROOT / "reports.cfg.example")
+    example.read_string(uncomment_mongodb_only((ROOT / "reports.cfg.example").read_text()))
     config = configparser.ConfigParser(interpolation=None)
     config["DEFAULT"] = {"output": str(tmp_path / "out")}
     sections = ["top-pages-humans", "visitors-per-day", "browsers", "countries", "referrers"]

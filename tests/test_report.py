@@ -436,7 +436,7 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path, store_uri, pages):
     assert result.returncode == 1 and "boom" in result.stderr
     assert (tmp_path / "out" / "s.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "dashboard.css", "dashboard.js", "index.html", "reports.js", "s.json"]  # no temporary file left
+        "dashboard.css", "dashboard.js", "index.html", "reports.js", "s.json", "standard.js"]  # no temporary file left
 
 
 @pytest.mark.parametrize("dry_run", [False, True])

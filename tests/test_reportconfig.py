@@ -1,5 +1,6 @@
 """reports.cfg parsing and the report engine's pure parts, in-process."""
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,21 +41,35 @@ def test_bad_callbacks(text):
         check_callback(text)
 
 
-def test_example_config_shows_every_option_and_parses():
+def test_example_config_shows_every_option_and_parses(tmp_path):
     example = (ROOT / "reports.cfg.example").read_text()
     for option in OPTIONS:
-        assert f"\n{option.name} = " in example, f"{option.name} is missing from reports.cfg.example"
+        shown = f"\n{option.name} = " in example or f"\n#{option.name} = " in example  # commented: MongoDB only
+        assert shown, f"{option.name} is missing from reports.cfg.example"
         assert f"# {option.name}" in example or f"{option.name}:" in example, f"{option.name} has no comment"
-    specs = load(ROOT / "reports.cfg.example", mongodb=True)
-    assert [s.name for s in specs] == ["site", "example-top", "languages", "pageviews-per-hour", "pageviews-per-day",
-                                         "top-pages-humans", "visitors-per-day", "browsers", "countries", "referrers",
-                                         "operating-systems"]
-    site = specs[0]
+    names = ["example.com", "site", "example-top", "languages", "pageviews-per-hour", "pageviews-per-day",
+             "top-pages-humans", "visitors-per-day", "browsers", "countries", "referrers"]
+    specs = load(ROOT / "reports.cfg.example", mongodb=False)  # runs as it is on the embedded store
+    assert [s.name for s in specs] == names
+    assert (specs[0].standard, specs[0].site, specs[0].timezone) == (True, "example.com", "UTC")
+    site = specs[1]
     assert (site.window, site.callback, site.limit, site.descending, site.is_default) == (
         timedelta(days=2), "results", 10, True, True)
     assert site.mapper == DEFAULT_MAPPER and site.purge_site == "site"
+    mongodb = tmp_path / "mongodb.cfg"  # its MongoDB-only section, uncommented
+    mongodb.write_text(uncomment_mongodb_only(example))
     with pytest.raises(ConfigError, match=r"\[operating-systems\] pipeline: needs a MongoDB store"):
-        load(ROOT / "reports.cfg.example", mongodb=False)
+        load(mongodb, mongodb=False)
+    assert [s.name for s in load(mongodb, mongodb=True)] == [*names, "operating-systems"]
+
+
+def uncomment_mongodb_only(example: str) -> str:
+    """reports.cfg.example with its commented MongoDB-only section made live."""
+    head, marker, rest = example.partition("\n#[operating-systems]\n")
+    assert marker, "reports.cfg.example has no commented [operating-systems] section"
+    lines = rest.splitlines()
+    return head + "\n[operating-systems]\n" + "\n".join(
+        line[1:] if re.match(r"#\w+ = ", line) else line for line in lines) + "\n"
 
 
 def test_every_option_is_in_readme():

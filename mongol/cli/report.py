@@ -104,6 +104,19 @@ def missing_store(uri: str, option: str | None) -> str | None:
     return f"no SQLite store at {path}: mongol-serve creates it when it starts ({given}); nothing written"
 
 
+def _standard(spec: object, store: object, now: datetime, dry_run: bool) -> str:
+    """Bring a standard section's kept days up to date and publish them; what it did, in words."""
+    from mongol.standard import publish_files, update
+
+    result = update(store, spec, dry_run)
+    done = f"{len(result.recomputed)} days recomputed"
+    if result.frozen:
+        done += f", {len(result.frozen)} changed days older than the purge kept as they were"
+    if dry_run:
+        return done.replace("recomputed", "to recompute")
+    return f"{done}, {publish_files(store, spec, now, result)} files"
+
+
 def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
     from mongol.jsonp import publish, render
     from mongol.report import compute, plan_purge
@@ -122,12 +135,18 @@ def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
     progress = _progress(sys.stderr.isatty() and not args.dry_run)
     failed = []
     try:
-        for spec in specs:
+        # standard sections first: their days are kept before any section removes the hits they count
+        for spec in sorted(specs, key=lambda s: not s.standard):
             try:
-                rows = compute(spec, store, now, progress)
+                if spec.standard:
+                    summary = _standard(spec, store, now, args.dry_run)
+                    rows = []
+                else:
+                    rows = compute(spec, store, now, progress)
+                    summary = f"{len(rows)} results"
                 purge = plan_purge(spec, specs, now)
                 if args.dry_run:
-                    print(f"[{spec.name}] would write {spec.path} ({len(rows)} results)")
+                    print(f"[{spec.name}] would write {spec.path} ({summary})")
                     if purge is not None and purge.cutoff is not None:
                         count = store.count(end=purge.cutoff, site=purge.site)
                         print(f"[{spec.name}] would remove {count} hits of site {purge.site!r} older than "
@@ -135,10 +154,11 @@ def _run(specs: list, uri: str, args: argparse.Namespace) -> int:
                     elif purge is not None:
                         print(f"[{spec.name}] would remove nothing: {purge.reason}")
                     continue
-                publish(spec.path, render(spec.callback, rows))
+                if not spec.standard:
+                    publish(spec.path, render(spec.callback, rows))
                 removed = store.delete_before(purge.cutoff, purge.site) if purge and purge.cutoff else 0
                 if args.verbose:
-                    say(f"[{spec.name}] wrote {spec.path} ({len(rows)} results), removed {removed} hits")
+                    say(f"[{spec.name}] wrote {spec.path} ({summary}), removed {removed} hits")
             except Exception as exc:  # a failing section must not stop the others
                 failed.append(spec.name)
                 detail = str(exc) if isinstance(exc, MongolError) else f"{type(exc).__name__}: {exc}"

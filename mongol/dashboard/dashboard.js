@@ -201,7 +201,8 @@
       return;
     }
     var version = report.written ? "?v=" + encodeURIComponent(report.written) : "";
-    loadScript(encodeURIComponent(report.file) + version, function (error) {
+    var path = report.file.split("/").map(encodeURIComponent).join("/");  // a standard report's months
+    loadScript(path + version, function (error) {
       restore();
       if (error) done(new Error(report.file + " " + error.message));
       else if (calls.length !== 1) done(new Error(report.file + " did not call " + report.callback + "(…)"));
@@ -545,14 +546,26 @@
     var main = document.getElementById("reports");
     clear(main);
     if (!manifest.reports.length) main.appendChild(el("p", {"class": "note"}, ["This folder has no reports."]));
-    var panels = manifest.reports.map(function (report) {
+    // standard sections (standard.js) get the site view; every other section its own panel, as always
+    var standard = manifest.reports.filter(function (report) { return report.standard === true; });
+    var custom = manifest.reports.filter(function (report) { return report.standard !== true; });
+    var panels = custom.map(function (report) {
       var panel = makePanel(report);
       main.appendChild(panel.node);
       setMeta(panel, generatedMs, null);
       return panel;
     });
     var i = 0;
-    (function next() {
+    var lib = {el: el, svgEl: svgEl, svgText: svgText, clear: clear, loadReport: loadReport,
+      formatNumber: formatNumber, addChart: addChart, formatTime: formatTime};
+    if (standard.length && window.mongolStandard) {
+      var view = el("div", {id: "standard", "class": "standard-view"});
+      document.body.insertBefore(view, main);
+      window.mongolStandard(view, standard, lib, function () { next(); });
+    } else {
+      next();
+    }
+    function next() {
       if (i >= panels.length) {
         document.documentElement.setAttribute("data-state", "done");
         return;
@@ -573,7 +586,7 @@
         }
         next();
       });
-    })();
+    }
   }
 
   var manifest = null;

@@ -7,7 +7,7 @@ mongol.tracking and mongol.enrich: `_visitor`, `_bot`, `_browser`, `_os`, `_devi
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from mongol.errors import StoreError
@@ -50,6 +50,31 @@ class Store(Protocol):
 
     def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
         """Delete hits with time < cutoff, optionally only those of one site; returns how many."""
+
+    # The standard reports (mongol.standard): kept daily figures and the change marks that say which
+    # days to recompute. Every insert of hits marks each (site, UTC hour) it touched with a new change
+    # number; deletes mark nothing.
+
+    def changed_hours(self, site: str) -> list[tuple[datetime, int]]:
+        """Every UTC hour (its start) of `site` that received hits, with the change number of its latest insert."""
+
+    def purge_horizon(self, site: str) -> datetime | None:
+        """The latest cutoff of a delete_before that took hits of `site` (or of every site), or None."""
+
+    def standard_rows(self, site: str, spans: list[tuple[datetime, datetime, timedelta]]
+                      ) -> Iterator[tuple[str, int, int | None, list | None, float]]:
+        """The standard figures of the hits of `site` in `spans` (UTC [start, end), each with the offset of
+        the local clock from UTC), counted natively: rows (figure, local day number since 1970-01-01, hour
+        of the day or None, key or None, value), as mongol.standard describes."""
+
+    def kept_days(self, report: str) -> dict[str, tuple[int, list]]:
+        """The days kept for a standard report: {YYYY-MM-DD: (change number, [pageviews, visitors, bots])}."""
+
+    def kept_docs(self, report: str, first: str, last: str) -> dict[str, dict]:
+        """The kept figures of the days first..last (inclusive): {YYYY-MM-DD: figures}."""
+
+    def keep_days(self, report: str, days: dict[str, tuple[int, list, dict]]) -> None:
+        """Store or replace kept days: {YYYY-MM-DD: (change number, totals, figures)}."""
 
     def close(self) -> None:
         """Release connections and files."""

@@ -24,6 +24,7 @@ import orjson
 
 from mongol.errors import StoreError, StoreMoved
 from mongol.stores import Hit
+from mongol.stores.sqlite_standard import StandardDays
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -31,7 +32,7 @@ BUSY_TIMEOUT_MS = 10_000
 DELETE_CHUNK = 20_000
 
 HOUR_US = 3600 * 1_000_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hits (
@@ -51,7 +52,28 @@ CREATE TABLE IF NOT EXISTS pageviews_hourly (
     hits  INTEGER NOT NULL,  -- how many hits: a row goes when its last hit does
     PRIMARY KEY (hour, site, url, title)
 ) WITHOUT ROWID;
+-- The standard reports (mongol.standard): every insert of new hits takes the next change number and
+-- marks each (site, hour) it touched with it; a report recomputes the days whose marks are newer
+-- than the number it kept with the day. Deletes mark nothing: kept days outlive the raw hits.
+CREATE TABLE IF NOT EXISTS change_seq (seq INTEGER NOT NULL);  -- one row, made by _migrate
+CREATE TABLE IF NOT EXISTS changed_hours (
+    site TEXT NOT NULL,      -- hits.site, '' when NULL
+    hour INTEGER NOT NULL,   -- start of the UTC hour, microseconds since the epoch
+    seq  INTEGER NOT NULL,   -- the change number of the latest insert into it
+    PRIMARY KEY (site, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purged (site TEXT PRIMARY KEY, cutoff INTEGER NOT NULL);  -- '' for every site
+CREATE TABLE IF NOT EXISTS standard_days (
+    report TEXT NOT NULL,    -- site and time zone
+    day    TEXT NOT NULL,    -- YYYY-MM-DD in that zone
+    seq    INTEGER NOT NULL, -- the newest change mark the figures include
+    totals TEXT NOT NULL,    -- JSON [pageviews, visitors, bots]
+    doc    TEXT NOT NULL,    -- JSON: hours and tables
+    PRIMARY KEY (report, day)
+) WITHOUT ROWID;
 """
+MARK_CHANGED = """INSERT INTO changed_hours (site, hour, seq) VALUES (?, ?, ?)
+ON CONFLICT DO UPDATE SET seq = excluded.seq"""
 
 # Each statement gives back, per hit it inserted or deleted: time, and its key in pageviews_hourly.
 HOURLY_KEY = ("time, coalesce(site, ''), coalesce(doc -> '$.url', ''), coalesce(doc -> '$.title', ''), "
@@ -123,7 +145,7 @@ def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
-class SQLiteStore:
+class SQLiteStore(StandardDays):
     blocking = True
 
     def __init__(self, path: str) -> None:
@@ -145,12 +167,19 @@ class SQLiteStore:
             raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
 
     def _migrate(self) -> None:
-        """Version 1 added pageviews_hourly: fill it from the hits already stored."""
+        """Version 1 added pageviews_hourly: fill it from the hits already stored; version 2 the change
+        marks: every hour already stored counts as changed."""
         with self._transaction():
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version < 1:
                 self._db.execute("DELETE FROM pageviews_hourly")
                 self._db.execute(FILL_HOURLY)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version < 2:
+                self._db.execute("INSERT INTO change_seq SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM change_seq)")
+                self._db.execute("UPDATE change_seq SET seq = seq + 1")
+                self._db.execute("INSERT OR IGNORE INTO changed_hours SELECT DISTINCT site, hour, "
+                                 "(SELECT seq FROM change_seq) FROM pageviews_hourly")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -191,6 +220,9 @@ class SQLiteStore:
         with self._transaction():
             sums = _by_hour(self._db.execute(INSERT_RECORDS, (payload,)))
             self._db.executemany(ADD_HOURLY, [(*key, views, hits) for key, (views, hits) in sums.items()])
+            if sums:
+                seq = self._db.execute("UPDATE change_seq SET seq = seq + 1 RETURNING seq").fetchone()[0]
+                self._db.executemany(MARK_CHANGED, [(site, hour, seq) for hour, site in {k[:2] for k in sums}])
         return sum(hits for _, hits in sums.values())
 
     def _where(self, start: datetime | None, end: datetime | None, site: str | None) -> tuple[str, list]:
@@ -258,6 +290,9 @@ class SQLiteStore:
     def delete_before(self, cutoff: datetime, site: str | None = None) -> int:
         where, args = self._where(None, cutoff, site)
         deleted = 0
+        with self._transaction():  # before deleting: a kept day older than this is never recomputed
+            self._db.execute("INSERT INTO purged VALUES (?, ?) ON CONFLICT DO UPDATE SET cutoff = "
+                             "max(cutoff, excluded.cutoff)", ("" if site is None else site, to_us(cutoff)))
         while True:
             with self._transaction():
                 sums = _by_hour(self._db.execute(
