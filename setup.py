@@ -23,6 +23,7 @@ setup(
         "ua-parser[regex]>=1.0",  # browser, OS, device; [regex] brings its Rust matcher (ua-parser-rs)
         "crawler-user-agents>=1.60",  # the community-kept list of crawler User-Agents
         "maxminddb>=2.5",  # --geoip
+        "httptools>=0.6.4",  # llhttp, the strict HTTP/1.1 parser of mongol.httpserver
     ],
     extras_require={
         "test": [
