@@ -342,7 +342,8 @@ class WSGIServer(StreamServer):
         self._stopping = True
         self.close()
         for conn in list(self._connections):
-            if conn.waiting == _WAIT_IDLE:
+            # idle, or with only part of a request head: nothing was accepted from it, nothing to finish
+            if conn.waiting == _WAIT_IDLE or (conn.waiting == _WAIT_REQUEST and conn.phase == _HEAD):
                 self.loop.run_callback(self._cancel_wait, conn, Closing("the server is stopping"))
             else:
                 conn.keep_alive = False  # a response in progress says Connection: close
