@@ -34,6 +34,7 @@ setup(
             "ruff>=0.6",
             "mmdb-writer>=0.2.5",  # builds the test's MaxMind database
             "netaddr>=1.0",
+            "redbot>=2.7",  # lints the pixel's caching headers (tests/test_serve_exposure.py)
         ],
     },
     entry_points={
