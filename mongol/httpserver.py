@@ -70,6 +70,7 @@ _WAIT_IDLE, _WAIT_REQUEST, _WAIT_SEND = 1, 2, 3
 # Header names that map to environ keys other than HTTP_*, per CGI.
 _CGI_KEYS = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _VERSIONS = {"1.1": ("HTTP/1.1", True), "1.0": ("HTTP/1.0", False)}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 # RFC 3986 host (IP-literal, IPv4 or reg-name) and optional port. No comma: "a, b" is two hosts.
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 _EMFILE = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
@@ -115,6 +116,7 @@ class _Connection(Responder):
         "header_bytes",
         "keys",
         "nheaders",
+        "now",
         "parser",
         "phase",
         "ready",
@@ -139,13 +141,14 @@ class _Connection(Responder):
         self.body: list[bytes] = []
         self.chunked_request = False
         self.request: tuple = ()
+        self.now = server.loop.now
         self.parser = HttpRequestParser(self)
 
     # ---- the parser's callbacks (llhttp calls them from feed_data) ----------------------------
 
     def on_message_begin(self) -> None:
         self.phase = _HEAD
-        self.began = self.server.loop.now()
+        self.began = self.now()
         self.head_bytes = 0
         self.environ = self.base.copy()
         self.url = b""
@@ -159,22 +162,17 @@ class _Connection(Responder):
             raise HTTPError(414, f"request target longer than {self.server.max_request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The limits are checked once the head is whole (on_headers_complete); until then the server's
+        # loop bounds the bytes a head may take, so counting is all this hot path does.
         self.nheaders += 1
         self.header_bytes += len(name) + len(value) + 4
-        server = self.server
-        if self.nheaders > server.max_headers:
-            raise HTTPError(431, f"more than {server.max_headers} header fields")
-        if self.header_bytes > server.max_header_bytes:
-            raise HTTPError(431, f"header section of more than {server.max_header_bytes} bytes")
-        if self.phase != _HEAD:
-            return  # a trailer field of a chunked body: read and discarded
         key = self.keys.get(name)
         if not key:
             if key is None:
-                key = server._header_key(name)
+                key = self.server._header_key(name)
             if not key:
                 return  # a name with an underscore
-        environ = self.environ
+        environ = self.environ  # after the head: a scratch dict, where trailer fields are dropped
         text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace
         if key in environ:
             if key == "HTTP_HOST":
@@ -186,12 +184,15 @@ class _Connection(Responder):
     def on_headers_complete(self) -> None:
         parser = self.parser
         environ = self.environ
+        self.environ = {}  # trailer fields of a chunked body go here, and are dropped
         server = self.server
-        method = parser.get_method().decode("ascii")
+        self.check_limits()
+        method = _METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
+        version = parser.get_http_version()
         try:
-            protocol, v11 = _VERSIONS[parser.get_http_version()]
+            protocol, v11 = _VERSIONS[version]
         except KeyError:
-            raise HTTPError(400, f"unsupported version HTTP/{parser.get_http_version()}") from None
+            raise HTTPError(400, f"unsupported version HTTP/{version}") from None
         url = self.url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
@@ -228,7 +229,14 @@ class _Connection(Responder):
             self.expect = v11
         self.request = (environ, parser.should_keep_alive(), method == "HEAD", v11)
         self.phase = _BODY
-        self.began = server.loop.now()
+        self.began = self.now()
+
+    def check_limits(self) -> None:
+        server = self.server
+        if self.nheaders > server.max_headers:
+            raise HTTPError(431, f"{self.nheaders} header fields, more than {server.max_headers}")
+        if self.header_bytes > server.max_header_bytes:
+            raise HTTPError(431, f"header section of more than {server.max_header_bytes} bytes")
 
     def on_body(self, data: bytes) -> None:
         self.body_size += len(data)
@@ -237,6 +245,8 @@ class _Connection(Responder):
         self.body.append(data)
 
     def on_message_complete(self) -> None:
+        if self.chunked_request:  # trailer fields count towards the limits too
+            self.check_limits()
         environ = self.request[0]
         if self.body:
             body = b"".join(self.body)
