@@ -7,7 +7,7 @@ control bytes in the target or a header value, lenient chunked framing, Content-
 with Transfer-Encoding are all refused). This module adds what a parser leaves to the server: limits
 on the request target, headers and body; Host rules (RFC 9112 3.2: exactly one, a valid host; an
 absolute-form target's authority replaces it); deadlines; a cap on connections; and the WSGI environ,
-copied from a per-connection template. Responses (mongol.httpresponse) go out with one ``send``
+copied from a per-connection template (mongol.httprequest). Responses (mongol.httpresponse) go out with one ``send``
 when the application returns a list.
 
 What it speaks: HTTP/1.0 and 1.1, keep-alive (1.1 by default, 1.0 on ``Connection: keep-alive``),
@@ -32,21 +32,19 @@ requests in progress finish.
 
 import errno
 import logging
-import re
 import resource
 import socket
 import sys
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any
-from urllib.parse import unquote
 
 import gevent
 from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.server import StreamServer
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
+from mongol.httprequest import BODY, HEAD, HOST, IDLE, Connection
 from mongol.httpresponse import (
     REASONS,
     RECV_SIZE,
@@ -54,215 +52,20 @@ from mongol.httpresponse import (
     Closing,
     Gone,
     HTTPError,
-    Responder,
     error_response,
 )
 
 __all__ = ["WSGIServer"]
 
-_MAX_HEADER_KEYS = 1000  # distinct header names remembered with their environ key
+_MAXHEADER_KEYS = 1000  # distinct header names remembered with their environ key
 _MAX_HOSTS = 1000  # distinct valid Host values remembered
 _DESCRIPTOR_RESERVE = 32  # descriptors kept for the spool, logs and the store when capping connections
 _ACCEPT_PAUSE = 0.5  # seconds without accepting after the process ran out of descriptors
 _REFUSAL_LOG_INTERVAL = 60.0
-_IDLE, _HEAD, _BODY = 0, 1, 2  # where a connection's parser stands
 _WAIT_IDLE, _WAIT_REQUEST, _WAIT_SEND = 1, 2, 3
 # Header names that map to environ keys other than HTTP_*, per CGI.
 _CGI_KEYS = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
-_VERSIONS = {"1.1": ("HTTP/1.1", True), "1.0": ("HTTP/1.0", False)}
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
-# RFC 3986 host (IP-literal, IPv4 or reg-name) and optional port. No comma: "a, b" is two hosts.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 _EMFILE = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
-
-
-class _EmptyInput:
-    """``wsgi.input`` of a request without a body: stateless, so one instance serves every request."""
-
-    __slots__ = ()
-
-    def read(self, size: int | None = -1) -> bytes:
-        return b""
-
-    def readline(self, size: int | None = -1) -> bytes:
-        return b""
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        return []
-
-    def __iter__(self) -> "_EmptyInput":
-        return self
-
-    def __next__(self) -> bytes:
-        raise StopIteration
-
-
-_EMPTY_INPUT = _EmptyInput()
-
-
-class _Connection(Responder):
-    """One client connection: the response state (Responder) and the parser's callbacks, which turn
-    each request into an environ and queue it in `ready` (several, when requests are pipelined)."""
-
-    __slots__ = (
-        "base",
-        "began",
-        "body",
-        "body_size",
-        "chunked_request",
-        "environ",
-        "expect",
-        "head_bytes",
-        "header_bytes",
-        "keys",
-        "nheaders",
-        "now",
-        "parser",
-        "phase",
-        "ready",
-        "request",
-        "server",
-        "url",
-    )
-
-    def __init__(self, sock: socket.socket, client: str, server: "WSGIServer", base: dict) -> None:
-        super().__init__(sock, client, server.error_log, server.keepalive_timeout)
-        self.server = server
-        self.base = base
-        self.keys = server._header_keys
-        self.phase = _IDLE
-        self.ready: list[tuple] = []
-        self.began = 0.0
-        self.head_bytes = 0
-        self.expect = False
-        self.environ: dict = {}
-        self.url = b""
-        self.nheaders = self.header_bytes = self.body_size = 0
-        self.body: list[bytes] = []
-        self.chunked_request = False
-        self.request: tuple = ()
-        self.now = server.loop.now
-        self.parser = HttpRequestParser(self)
-
-    # ---- the parser's callbacks (llhttp calls them from feed_data) ----------------------------
-
-    def on_message_begin(self) -> None:
-        self.phase = _HEAD
-        self.began = self.now()
-        self.head_bytes = 0
-        self.environ = self.base.copy()
-        self.url = b""
-        self.nheaders = self.header_bytes = self.body_size = 0
-        self.body = []
-        self.chunked_request = False
-
-    def on_url(self, part: bytes) -> None:
-        self.url += part  # llhttp may hand the target over in pieces, as it arrives
-        if len(self.url) > self.server.max_request_line:
-            raise HTTPError(414, f"request target longer than {self.server.max_request_line} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # The limits are checked once the head is whole (on_headers_complete); until then the server's
-        # loop bounds the bytes a head may take, so counting is all this hot path does.
-        self.nheaders += 1
-        self.header_bytes += len(name) + len(value) + 4
-        key = self.keys.get(name)
-        if not key:
-            if key is None:
-                key = self.server._header_key(name)
-            if not key:
-                return  # a name with an underscore
-        environ = self.environ  # after the head: a scratch dict, where trailer fields are dropped
-        text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace
-        if key in environ:
-            if key == "HTTP_HOST":
-                raise HTTPError(400, "two Host header fields")
-            environ[key] += "," + text
-        else:
-            environ[key] = text
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        environ = self.environ
-        self.environ = {}  # trailer fields of a chunked body go here, and are dropped
-        server = self.server
-        self.check_limits()
-        method = _METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
-        version = parser.get_http_version()
-        try:
-            protocol, v11 = _VERSIONS[version]
-        except KeyError:
-            raise HTTPError(400, f"unsupported version HTTP/{version}") from None
-        url = self.url
-        if url[:1] == b"/":
-            path, _, query = url.partition(b"?")
-            path = path.decode("latin-1")
-            if "%" in path:
-                path = unquote(path, "latin-1")
-            environ["QUERY_STRING"] = query.decode("latin-1")
-        else:
-            path = _other_target(url, method, environ)
-        environ["REQUEST_METHOD"] = method
-        environ["PATH_INFO"] = path
-        environ["SERVER_PROTOCOL"] = protocol
-        host = environ.get("HTTP_HOST")
-        if host is None:
-            if v11:
-                raise HTTPError(400, "HTTP/1.1 request without a Host header")
-        elif host not in server._hosts:
-            server._check_host(host)
-        if "HTTP_TRANSFER_ENCODING" in environ:
-            encoding = environ["HTTP_TRANSFER_ENCODING"]
-            if not v11:
-                raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if encoding.lower() != "chunked":
-                raise HTTPError(400, f"unsupported Transfer-Encoding {encoding[:100]!r}")
-            self.chunked_request = True
-        elif "CONTENT_LENGTH" in environ:
-            length = environ["CONTENT_LENGTH"]  # digits: llhttp checked it
-            if len(length) > 18 or int(length) > server.max_body:
-                raise HTTPError(413, f"body of {length[:40]} bytes, more than {server.max_body}")
-        expect = environ.get("HTTP_EXPECT")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                raise HTTPError(417, f"unsupported Expect: {expect[:100]!r}")
-            self.expect = v11
-        self.request = (environ, parser.should_keep_alive(), method == "HEAD", v11)
-        self.phase = _BODY
-        self.began = self.now()
-
-    def check_limits(self) -> None:
-        server = self.server
-        if self.nheaders > server.max_headers:
-            raise HTTPError(431, f"{self.nheaders} header fields, more than {server.max_headers}")
-        if self.header_bytes > server.max_header_bytes:
-            raise HTTPError(431, f"header section of more than {server.max_header_bytes} bytes")
-
-    def on_body(self, data: bytes) -> None:
-        self.body_size += len(data)
-        if self.body_size > self.server.max_body:
-            raise HTTPError(413, f"body of more than {self.server.max_body} bytes")
-        self.body.append(data)
-
-    def on_message_complete(self) -> None:
-        if self.chunked_request:  # trailer fields count towards the limits too
-            self.check_limits()
-        environ = self.request[0]
-        if self.body:
-            body = b"".join(self.body)
-            environ["wsgi.input"] = BytesIO(body)
-        else:
-            body = b""
-            environ["wsgi.input"] = _EMPTY_INPUT
-        if self.chunked_request:
-            # The application sees the decoded body as if it had come with a Content-Length.
-            environ["CONTENT_LENGTH"] = str(len(body))
-            del environ["HTTP_TRANSFER_ENCODING"]
-        self.ready.append(self.request)
-        self.body = []
-        self.expect = False
-        self.phase = _IDLE
-
 
 class WSGIServer(StreamServer):
     """An HTTP/1.1 server for a WSGI application (PEP 3333), one greenlet per connection.
@@ -299,7 +102,7 @@ class WSGIServer(StreamServer):
             max_connections = allowed
         self.max_connections = max_connections
         self.extra_environ = dict(environ or {})
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._no_connections = Event()
         self._no_connections.set()
         self._stopping = False
@@ -353,7 +156,7 @@ class WSGIServer(StreamServer):
         self.close()
         for conn in list(self._connections):
             # idle, or with only part of a request head: nothing was accepted from it, nothing to finish
-            if conn.waiting == _WAIT_IDLE or (conn.waiting == _WAIT_REQUEST and conn.phase == _HEAD):
+            if conn.waiting == _WAIT_IDLE or (conn.waiting == _WAIT_REQUEST and conn.phase == HEAD):
                 self.loop.run_callback(self._cancel_wait, conn, Closing("the server is stopping"))
             else:
                 conn.keep_alive = False  # a response in progress says Connection: close
@@ -370,7 +173,7 @@ class WSGIServer(StreamServer):
             self._sweeper = None
         super().close()
 
-    def _cancel_wait(self, conn: _Connection, error: Exception) -> None:
+    def _cancel_wait(self, conn: Connection, error: Exception) -> None:
         """Runs in the hub: throw `error` into a connection's greenlet if it still waits for its socket."""
         for watcher in (conn.read_event, conn.write_event):
             if watcher is not None and watcher.active:
@@ -384,8 +187,8 @@ class WSGIServer(StreamServer):
             if conn.waiting and 0.0 < conn.deadline < now:
                 conn.deadline = 0.0
                 if conn.waiting == _WAIT_REQUEST:
-                    what = "head" if conn.phase == _HEAD else "body"
-                    limit = self.header_timeout if conn.phase == _HEAD else self.body_timeout
+                    what = "head" if conn.phase == HEAD else "body"
+                    limit = self.header_timeout if conn.phase == HEAD else self.body_timeout
                     error = Closing(f"request {what} not received within {limit:g} s", 408)
                 else:
                     error = Closing("timed out")
@@ -453,7 +256,7 @@ class WSGIServer(StreamServer):
             environ = {**self._base_environ, "REMOTE_ADDR": str(address[0]), "REMOTE_PORT": str(address[1])}
         else:
             environ = {**self._base_environ, "REMOTE_ADDR": str(address), "REMOTE_PORT": ""}
-        conn = _Connection(sock, client, self, environ)
+        conn = Connection(sock, client, self, environ)
         self._connections.add(conn)
         self._no_connections.clear()
         try:
@@ -480,7 +283,7 @@ class WSGIServer(StreamServer):
             if not self._connections:
                 self._no_connections.set()
 
-    def _serve(self, conn: _Connection) -> None:
+    def _serve(self, conn: Connection) -> None:
         """The request loop of one connection: receive, let llhttp parse, answer what it completed."""
         app = self.application
         recv = conn.raw.recv
@@ -501,13 +304,13 @@ class WSGIServer(StreamServer):
         while True:
             while not data:
                 if data is not None:  # b"": the client closed its side
-                    if conn.phase != _IDLE:
+                    if conn.phase != IDLE:
                         self.error_log.debug("%s: closed the connection in the middle of a request", conn.client)
                         raise Gone
                     return
-                if self._stopping and conn.phase == _IDLE:
+                if self._stopping and conn.phase == IDLE:
                     return
-                conn.waiting = _WAIT_IDLE if conn.phase == _IDLE else _WAIT_REQUEST
+                conn.waiting = _WAIT_IDLE if conn.phase == IDLE else _WAIT_REQUEST
                 wait(read_event)
                 conn.waiting = 0
                 try:
@@ -578,7 +381,7 @@ class WSGIServer(StreamServer):
                     return  # what the client sent after this request is never read
             if ready:
                 ready.clear()
-                if conn.phase == _IDLE:
+                if conn.phase == IDLE:
                     conn.deadline = now() + self.keepalive_timeout
             if error is not None:
                 raise error
@@ -587,7 +390,7 @@ class WSGIServer(StreamServer):
 
             # ---- a request not complete yet: its deadline, its size, 100 Continue ----------------
             phase = conn.phase
-            if phase == _HEAD:
+            if phase == HEAD:
                 conn.deadline = conn.began + self.header_timeout
                 # llhttp keeps a partial header line in memory: bound what one head may take.
                 conn.head_bytes += size
@@ -595,7 +398,7 @@ class WSGIServer(StreamServer):
                     if not conn.nheaders and len(conn.url) + 16 >= conn.head_bytes:
                         raise HTTPError(414, f"request target longer than {self.max_request_line} bytes")
                     raise HTTPError(431, f"request head longer than {max_head} bytes")
-            elif phase == _BODY:
+            elif phase == BODY:
                 conn.deadline = conn.began + self.body_timeout
                 if conn.expect:
                     conn.expect = False
@@ -613,38 +416,13 @@ class WSGIServer(StreamServer):
         else:
             key = name.decode("latin-1").upper().replace("-", "_")
             key = _CGI_KEYS.get(key) or "HTTP_" + key
-        if len(self._header_keys) < _MAX_HEADER_KEYS:
+        if len(self._header_keys) < _MAXHEADER_KEYS:
             self._header_keys[name] = key
         return key
 
     def _check_host(self, host: str) -> None:
         """400 unless `host` is one RFC 3986 host with an optional port; remembered if it is."""
-        if not _HOST.fullmatch(host):
+        if not HOST.fullmatch(host):
             raise HTTPError(400, f"invalid Host {host[:100]!r}")
         if len(self._hosts) < _MAX_HOSTS:
             self._hosts.add(host)
-
-
-def _other_target(url: bytes, method: str, environ: dict) -> str:
-    """PATH_INFO of a request target that does not start with '/' (sets QUERY_STRING, and HTTP_HOST
-    from an absolute-form target, which RFC 9112 3.2.2 says replaces the Host header); ``*`` stays
-    for OPTIONS."""
-    if url == b"*" and method == "OPTIONS":
-        return "*"
-    text = url.decode("latin-1")
-    scheme, sep, rest = text.partition("://")
-    if not (sep and scheme.lower() in ("http", "https")):
-        raise HTTPError(400, f"malformed request target {text[:200]!r}")
-    end = len(rest)
-    for mark in "/?":
-        found = rest.find(mark)
-        if 0 <= found < end:
-            end = found
-    authority, rest = rest[:end], rest[end:]
-    if not authority or "@" in authority or not _HOST.fullmatch(authority):
-        raise HTTPError(400, f"invalid authority in the request target {text[:200]!r}")
-    environ["HTTP_HOST"] = authority
-    path, _, query = rest.partition("?")
-    environ["QUERY_STRING"] = query
-    path = path or "/"
-    return unquote(path, "latin-1") if "%" in path else path
