@@ -7,8 +7,8 @@ control bytes in the target or a header value, lenient chunked framing, Content-
 with Transfer-Encoding are all refused). This module adds what a parser leaves to the server: limits
 on the request target, headers and body; Host rules (RFC 9112 3.2: exactly one, a valid host; an
 absolute-form target's authority replaces it); deadlines; a cap on connections; and the WSGI environ,
-copied from a per-connection template (mongol.httprequest). Responses (mongol.httpresponse) go out with one ``send``
-when the application returns a list.
+copied from a per-connection template (mongol.httprequest). Responses (mongol.httpresponse) go out
+with one ``send`` when the application returns a list.
 
 What it speaks: HTTP/1.0 and 1.1, keep-alive (1.1 by default, 1.0 on ``Connection: keep-alive``),
 pipelining, request bodies with Content-Length or ``Transfer-Encoding: chunked`` (read whole before
