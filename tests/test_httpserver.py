@@ -992,3 +992,19 @@ def test_head_then_a_pipelined_get_on_the_same_connection(server):
         assert read_response(f).body == GIF
     log = server.log()[before:]
     assert "WARNING" not in log, log
+
+
+def test_upgrade_and_connect_are_not_switched_to(server):
+    """A request asking to switch protocols is answered as any other, then the connection closes:
+    what follows it (here a pipelined request) is never read as HTTP."""
+    with raw(server) as (sock, f):
+        sock.sendall(request("/pixel.gif", headers="Connection: Upgrade\r\nUpgrade: websocket\r\n")
+                     + request("/echo?after-upgrade"))
+        response = read_response(f)
+        assert (response.status, response.body, response.headers["connection"]) == (200, GIF, "close")
+        assert at_eof(sock, f)
+    with raw(server) as (sock, f):
+        sock.sendall(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
+        assert read_response(f).status == 400  # no tunnels: the authority-form target is refused
+        assert at_eof(sock, f)
+    server.assert_alive()
