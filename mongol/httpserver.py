@@ -220,7 +220,7 @@ class WSGIServer(StreamServer):
 
     def _resume_accepting(self, timer: Any) -> None:
         timer.close()
-        if not self._stopping and self.socket is not None and not self.closed:
+        if not self._stopping and not self.closed:  # closed: gevent has removed self.socket
             self.start_accepting()
 
     def _refuse(self, sock: socket.socket, client: str) -> None:
