@@ -308,8 +308,8 @@ class WSGIServer(StreamServer):
                         self.error_log.debug("%s: closed the connection in the middle of a request", conn.client)
                         raise Gone
                     return
-                if self._stopping and conn.phase == IDLE:
-                    return
+                if self._stopping and conn.phase != BODY:
+                    return  # idle, or half a head that arrived after stop() looked: nothing to finish
                 conn.waiting = _WAIT_IDLE if conn.phase == IDLE else _WAIT_REQUEST
                 wait(read_event)
                 conn.waiting = 0
