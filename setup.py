@@ -23,6 +23,7 @@ setup(
         "ua-parser[regex]>=1.0",  # browser, OS, device; [regex] brings its Rust matcher (ua-parser-rs)
         "crawler-user-agents>=1.60",  # the community-kept list of crawler User-Agents
         "maxminddb>=2.5",  # --geoip
+        "httptools>=0.6.4",  # llhttp, the strict HTTP/1.1 parser of mongol.httpserver
     ],
     extras_require={
         "test": [
@@ -33,6 +34,7 @@ setup(
             "ruff>=0.6",
             "mmdb-writer>=0.2.5",  # builds the test's MaxMind database
             "netaddr>=1.0",
+            "redbot>=2.7",  # lints the pixel's caching headers (tests/test_serve_exposure.py)
         ],
     },
     entry_points={

@@ -14,20 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from mongol import assets, collect
-from mongol.hit import Hit, Network, RequestError, hit_from_environ, parse_networks
+from mongol.hit import Hit, Network, RequestError, client_ip, hit_from_environ, in_networks, parse_networks
 from mongol.tracking import Tracker, is_prefetch
 
 #: A transparent 1x1 GIF89a in 43 bytes. (nginx's empty_gif is 43 bytes too, but marks colour 1 transparent
 #: while its pixel uses colour 0: decoders that follow the format show it black.)
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
+# Never stored, so every view asks again. An Expires date in the past is for HTTP/1.0 caches, which know no
+# Cache-Control ("0" is no HTTP date; Pragma has no meaning in a response: REDbot says so of both).
 NO_CACHE = [
-    ("Cache-Control", "no-cache, no-store, must-revalidate, private"),
-    ("Pragma", "no-cache"),
-    ("Expires", "0"),
+    ("Cache-Control", "no-store"),
+    ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
 ]
 GIF_HEADERS = [("Content-Type", "image/gif"), ("Content-Length", str(len(GIF))), *NO_CACHE]
 STALE_STATUS = 10.0  # seconds without news from the writer before /healthz calls it degraded
+#: Who may read /healthz and /metrics by default (--status-allow): this machine only.
+LOOPBACK = ("127.0.0.0/8", "::1")
+STATUS_PATHS = frozenset(["/healthz", "/metrics"])
 
 StartResponse = Callable[..., Any]
 Response = tuple[str, list[tuple[str, str]], bytes]
@@ -76,7 +80,8 @@ class PixelApp:
 
     def __init__(self, record: Callable[[Hit], bool], health: Callable[[], Response] | None = None,
                  trusted_proxies: tuple[Network, ...] = (), metrics: Any = None,
-                 tracker: Tracker | None = None) -> None:
+                 tracker: Tracker | None = None, status_allow: tuple[Network, ...] | None = None,
+                 spool: Path | None = None) -> None:
         self.record = record
         self.health = health or (lambda: _text("200 OK", b"ok\n"))
         self.trusted = trusted_proxies
@@ -85,6 +90,9 @@ class PixelApp:
         self.server_hits = None if tracker is None else collect.ServerHits(
             lambda environ, params: tracker.make(environ, params=params, server=True)[0], record, self._reject,
             self._refuse)
+        # /healthz and /metrics: for these addresses only (the client's, after trusted proxies)
+        self.status_allow = parse_networks(list(LOOPBACK)) if status_allow is None else status_allow
+        self.spool = spool  # where the writer's status file is, for mongol_store_up
         # Counted in plain ints on the request path, handed to the metrics by publish_metrics().
         self.accepted = 0
         self.rejected: dict[str, int] = {}
@@ -93,7 +101,9 @@ class PixelApp:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO")
-        if path == "/healthz":
+        if path in STATUS_PATHS and not in_networks(client_ip(environ, self.trusted), self.status_allow):
+            status, headers, body = _text("403 Forbidden", b"not for this address (see --status-allow)\n")
+        elif path == "/healthz":
             status, headers, body = self.health()
         elif path == "/metrics" and self.metrics is not None:
             self.publish_metrics()
@@ -154,6 +164,13 @@ class PixelApp:
             return
         accepted = self.accepted + (self.server_hits.accepted if self.server_hits is not None else 0)
         counts = {"accepted": accepted, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
+        if self.spool is not None:
+            # Only the writer talks to the store: every serving process says what its status file says.
+            from mongol.writer import read_status
+
+            status = read_status(self.spool)
+            fresh = time.time() - status.get("updated", 0) <= STALE_STATUS
+            metrics.store_up.set(1 if status.get("state") == "ok" and fresh else 0)
         recorder = self.record
         if hasattr(recorder, "spooled"):
             counts["spooled"] = recorder.spooled

@@ -18,6 +18,7 @@ User-Agent strings make most of the traffic, and each is read once.
 
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -56,6 +57,10 @@ def _agent_reader() -> Callable[[str], Agent]:
         device = result.device.family if result.device else "Other"
         return Agent(bool(ua) and (device == "Spider" or is_crawler(ua)), browser, system, device)
 
+    # Both libraries compile their patterns on first use (0.5 s or more): do it now, beside the writer's
+    # loop, rather than in the first batch, which would hold the first hits and a stop soon after start.
+    threading.Thread(target=lambda: (parse("Mozilla/5.0"), is_crawler("Mozilla/5.0")), name="mongol-enrich-warm-up",
+                     daemon=True).start()
     return read
 
 

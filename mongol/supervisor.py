@@ -54,6 +54,8 @@ class Settings:
     fsync: bool = False
     drain_timeout: float = 30.0
     tracking: Tracking = field(default_factory=Tracking)  # visitor ids, addresses, bots, enrichment (mongol.tracking)
+    http: dict = field(default_factory=dict)  # WSGIServer limits: header_timeout, body_timeout, max_connections
+    status_allow: tuple | None = None  # who may read /healthz and /metrics (None: loopback)
 
 
 def reopen_log_files() -> None:
@@ -148,11 +150,13 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
 
     recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending)
     tracker = Tracker(settings.tracking, Salts(settings.spool), settings.trusted)
-    pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics(), tracker)
+    pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics(), tracker,
+                     settings.status_allow, settings.spool)
     app = _access_logged(pixel) if settings.access_log else pixel
     shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
     listener.close()
-    server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"))
+    server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"),
+                        **settings.http)
     server.start()
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
@@ -253,20 +257,21 @@ def serve(settings: Settings) -> int:
 
 
 def _supervise(settings: Settings) -> int:
-    listener = listen(settings.host, settings.port)
+    # --workers 0 serves nothing: it must not hold the port that the real WSGI server listens on.
+    listener = listen(settings.host, settings.port) if settings.workers > 0 else None
     try:
         writer = start_writer(settings)
     except MongolError:
-        listener.close()
+        if listener is not None:
+            listener.close()
         raise
     workers = {_fork(_worker_main, settings, listener) for _ in range(max(settings.workers, 0))}
-    host, port = listener.getsockname()[:2]
-    if settings.workers:
+    if listener is not None:
+        host, port = listener.getsockname()[:2]
         log.info("listening on http://%s:%d/ with %d worker processes", f"[{host}]" if ":" in host else host, port,
                  settings.workers)
         log.info("tracking %s", served_urls(host, port))
     else:
-        listener.close()
         log.info("no workers: draining the spool %s only", settings.spool)
     sd_notify("READY=1")  # systemd (Type=notify) sends a reload's SIGHUP only from now on
     retry_writer_at = None  # a writer that could not start again is retried, never fatal
@@ -317,7 +322,8 @@ def _supervise(settings: Settings) -> int:
     for pid in workers:
         os.kill(pid, signal.SIGTERM)
     failed = [pid for pid in workers if reap(pid, _held_wait(settings) + WORKER_STOP_TIMEOUT) != 0]
-    listener.close()
+    if listener is not None:
+        listener.close()
     if not writer:
         return 1
     os.kill(writer, signal.SIGTERM)

@@ -79,3 +79,9 @@ def test_the_units_command_serves_and_the_cron_line_reports(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert '"url":"/"' in (tmp_path / "www" / "top.json").read_text()
+
+
+def test_the_unit_raises_the_descriptor_limit():
+    """Every connection is a descriptor: systemd's default soft limit of 1024 is too few for the internet."""
+    [limit] = unit_settings()["LimitNOFILE"]
+    assert int(limit) >= 65536

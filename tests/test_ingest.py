@@ -286,7 +286,8 @@ REQUESTS = [
     (5, b"GET", b"/pixel.gif?site=a&url=/&n=5&time=2001-01-01&pageviews=1000&_id=aaaaaaaaaaaaaaaaaaaaaaaa"
                 b"&_ip=6.6.6.6&_ua=forged&_anything=1", b"User-Agent: real-agent\r\n", 200),
     (6, b"GET", b"/pixel.gif?site=a&site=b&url=/1&url=/2&n=6&tag=x&tag=y&empty=&flag", b"", 200),
-    (7, b"GET", b"/pixel.gif?site=a&url=/raw\xff\xfe&n=7&t=%ff%fe%zz%4&%c3%28=v", b"User-Agent: agent\xff\r\n", 200),
+    # (invalid UTF-8 percent-encoded: mongol-serve's HTTP server refuses raw bytes outside ASCII in a target)
+    (7, b"GET", b"/pixel.gif?site=a&url=/raw%ff%fe&n=7&t=%ff%fe%zz%4&%c3%28=v", b"User-Agent: agent\xff\r\n", 200),
     (8, b"GET", b"/pixel.gif?n=8", b"Referer: http://www.example.com/caf\xc3\xa9/\xff\r\n", 200),
     (9, b"GET", b"/pixel.gif?site=a&url=/xff&n=9", b"X-Forwarded-For: 6.6.6.6\r\n", 200),
     (10, b"GET", b"/pixel.gif?title=x&n=10", b"", 400),

@@ -122,6 +122,13 @@ def test_the_pixel_and_the_reports_behind_lighttpd(lighttpd, tmp_path):
         assert status == 200, target
         assert body == (reports / file).read_bytes()
         assert headers["content-type"] == f"{kind}; charset=utf-8", target
+    # only the public paths reach mongol-serve: not /healthz and /metrics, nor any other path of the host
+    for target in ("/healthz", "/metrics", "/metrics?x", "/other.gif?site=a&url=/"):
+        status, _, body = get(port, target)
+        assert status == 404 and b"mongol" not in body and body != GIF, target
+    collect = b"POST /collect HTTP/1.1\r\nHost: stats.example.com\r\nConnection: close\r\n" \
+              b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 17\r\n\r\ntid=b.org&dp=%2Fx"
+    assert raw_request(port, collect)[0] == 204
     # another host's /stats/ is the same folder; the rest of another host is not mongol-serve's
     assert get(port, "/stats/top.json", host="www.example.com")[2] == written
     assert get(port, "/pixel.gif?site=c.org&url=/", host="www.example.com")[0] == 404

@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at stop, how long to keep storing spooled hits (default 30); what is left "
                              "stays in the spool for the next start")
     add_tracking_arguments(parser)
+    parser.add_argument("--status-allow", metavar="CIDR", action="append", default=None,
+                        help="who may read /healthz and /metrics (the client address, after --trusted-proxy); "
+                             "repeatable (default: loopback, 127.0.0.0/8 and ::1); others get 403")
+    parser.add_argument("--header-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="a request head must arrive whole within this of its first byte, else 408 "
+                             "(default 20)")
+    parser.add_argument("--body-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="a request body must arrive whole within this of its head, else 408 (default 20)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections per serving process; beyond, new ones get 503 (default: what "
+                             "the descriptor limit allows, at most 10000)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-file", metavar="PATH",
                         help="log to this file instead of stderr (reopened on SIGHUP, for logrotate)")
@@ -135,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 0 or args.batch_size < 1 or args.flush_interval <= 0 or args.max_held < 0:
             raise MongolError("--workers, --batch-size, --flush-interval and --max-held must be positive")
         tracking = tracking_options(args)
+        status_allow = None if args.status_allow is None else parse_networks(args.status_allow, "--status-allow")
+        cap = 1 if args.max_connections is None else args.max_connections
+        if min(args.header_timeout, args.body_timeout, cap) <= 0:
+            raise MongolError("--header-timeout, --body-timeout and --max-connections must be positive")
     except (MongolError, ValueError) as exc:
         print(f"mongol-serve: error: {exc}", file=sys.stderr)
         return 2
@@ -149,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(host=host, port=port, db_uri=uri, spool=args.spool or default_spool(uri),
                         workers=args.workers, trusted=trusted, batch_size=args.batch_size,
                         flush_interval=args.flush_interval, max_pending=args.max_held, access_log=args.access_log,
-                        fsync=args.fsync, drain_timeout=args.drain_timeout, tracking=tracking)
+                        fsync=args.fsync, drain_timeout=args.drain_timeout, tracking=tracking,
+                        http={"header_timeout": args.header_timeout, "body_timeout": args.body_timeout,
+                              "max_connections": args.max_connections},
+                        status_allow=status_allow)
     try:
         return serve(settings)
     except MongolError as exc:

@@ -1,0 +1,238 @@
+"""The request side of mongol.httpserver: llhttp's callbacks (through httptools), which turn each
+request on a connection into a WSGI environ, with the limits, Host rules and framing checks a parser
+leaves to the server. The connection object is also the response's (mongol.httpresponse.Responder).
+"""
+
+import re
+import socket
+from io import BytesIO
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from httptools import HttpRequestParser
+
+from mongol.httpresponse import HTTPError, Responder
+
+if TYPE_CHECKING:
+    from mongol.httpserver import WSGIServer
+
+IDLE, HEAD, BODY = 0, 1, 2  # where a connection's parser stands
+_VERSIONS = {"1.1": ("HTTP/1.1", True), "1.0": ("HTTP/1.0", False)}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+# RFC 3986 host (IP-literal, IPv4 or reg-name) and optional port. No comma: "a, b" is two hosts.
+HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
+
+
+class _EmptyInput:
+    """``wsgi.input`` of a request without a body: stateless, so one instance serves every request."""
+
+    __slots__ = ()
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> "_EmptyInput":
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+_EMPTY_INPUT = _EmptyInput()
+
+
+class Connection(Responder):
+    """One client connection: the response state (Responder) and the parser's callbacks, which turn
+    each request into an environ and queue it in `ready` (several, when requests are pipelined)."""
+
+    __slots__ = (
+        "base",
+        "began",
+        "body",
+        "body_size",
+        "chunked_request",
+        "environ",
+        "expect",
+        "head_bytes",
+        "header_bytes",
+        "keys",
+        "nheaders",
+        "now",
+        "parser",
+        "phase",
+        "ready",
+        "request",
+        "server",
+        "url",
+    )
+
+    def __init__(self, sock: socket.socket, client: str, server: "WSGIServer", base: dict) -> None:
+        super().__init__(sock, client, server.error_log, server.keepalive_timeout)
+        self.server = server
+        self.base = base
+        self.keys = server._header_keys
+        self.phase = IDLE
+        self.ready: list[tuple] = []
+        self.began = 0.0
+        self.head_bytes = 0
+        self.expect = False
+        self.environ: dict = {}
+        self.url = b""
+        self.nheaders = self.header_bytes = self.body_size = 0
+        self.body: list[bytes] = []
+        self.chunked_request = False
+        self.request: tuple = ()
+        self.now = server.loop.now
+        self.parser = HttpRequestParser(self)
+
+    # ---- the parser's callbacks (llhttp calls them from feed_data) ----------------------------
+
+    # No on_message_begin: one Python call less per request. A request begins with its target (the
+    # method before it is one of a few known words); on_message_complete resets the counters.
+
+    def on_url(self, part: bytes) -> None:
+        if self.phase == IDLE:
+            self.phase = HEAD
+            self.began = self.now()
+            self.environ = self.base.copy()
+            self.url = part
+        else:
+            self.url += part  # llhttp may hand the target over in pieces, as it arrives
+        if len(self.url) > self.server.max_request_line:
+            raise HTTPError(414, f"request target longer than {self.server.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # The limits are checked once the head is whole (on_headers_complete); until then the server's
+        # loop bounds the bytes a head may take, so counting is all this hot path does. Names are counted
+        # when new: the remembered ones are short (mongol.httpserver caches only those).
+        self.nheaders += 1
+        self.header_bytes += len(value)
+        key = self.keys.get(name)
+        if not key:
+            if key is None:
+                key = self.server._header_key(name)
+                self.header_bytes += len(name)
+            if not key:
+                return  # a name with an underscore
+        environ = self.environ  # after the head: a scratch dict, where trailer fields are dropped
+        text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace
+        if key in environ:
+            if key == "HTTP_HOST":
+                raise HTTPError(400, "two Host header fields")
+            environ[key] += "," + text
+        else:
+            environ[key] = text
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        environ = self.environ
+        self.environ = {}  # trailer fields of a chunked body go here, and are dropped
+        server = self.server
+        self.check_limits()
+        method = _METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        try:
+            protocol, v11 = _VERSIONS[version]
+        except KeyError:
+            raise HTTPError(400, f"unsupported version HTTP/{version}") from None
+        url = self.url
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+            path = path.decode("latin-1")
+            if "%" in path:
+                path = unquote(path, "latin-1")
+            environ["QUERY_STRING"] = query.decode("latin-1")
+        else:
+            path = _other_target(url, method, environ)
+        environ["REQUEST_METHOD"] = method
+        environ["PATH_INFO"] = path
+        environ["SERVER_PROTOCOL"] = protocol
+        host = environ.get("HTTP_HOST")
+        if host is None:
+            if v11:
+                raise HTTPError(400, "HTTP/1.1 request without a Host header")
+        elif host not in server._hosts:
+            server._check_host(host)
+        if "HTTP_TRANSFER_ENCODING" in environ:
+            encoding = environ["HTTP_TRANSFER_ENCODING"]
+            if not v11:
+                raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if encoding.lower() != "chunked":
+                raise HTTPError(400, f"unsupported Transfer-Encoding {encoding[:100]!r}")
+            self.chunked_request = True
+        elif "CONTENT_LENGTH" in environ:
+            length = environ["CONTENT_LENGTH"]  # digits: llhttp checked it
+            if len(length) > 18 or int(length) > server.max_body:
+                raise HTTPError(413, f"body of {length[:40]} bytes, more than {server.max_body}")
+        expect = environ.get("HTTP_EXPECT")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise HTTPError(417, f"unsupported Expect: {expect[:100]!r}")
+            self.expect = v11
+        self.request = (environ, parser.should_keep_alive(), method == "HEAD", v11)
+        self.phase = BODY
+        self.began = self.now()
+
+    def check_limits(self) -> None:
+        server = self.server
+        if self.nheaders > server.max_headers:
+            raise HTTPError(431, f"{self.nheaders} header fields, more than {server.max_headers}")
+        if self.header_bytes > server.max_header_bytes:
+            raise HTTPError(431, f"header section of more than {server.max_header_bytes} bytes")
+
+    def on_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        if self.body_size > self.server.max_body:
+            raise HTTPError(413, f"body of more than {self.server.max_body} bytes")
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.chunked_request:  # trailer fields count towards the limits too
+            self.check_limits()
+        environ = self.request[0]
+        if self.body:
+            body = b"".join(self.body)
+            environ["wsgi.input"] = BytesIO(body)
+        else:
+            body = b""
+            environ["wsgi.input"] = _EMPTY_INPUT
+        if self.chunked_request:
+            # The application sees the decoded body as if it had come with a Content-Length.
+            environ["CONTENT_LENGTH"] = str(len(body))
+            del environ["HTTP_TRANSFER_ENCODING"]
+        self.ready.append(self.request)
+        self.body = []
+        self.expect = self.chunked_request = False
+        self.nheaders = self.header_bytes = self.body_size = self.head_bytes = 0
+        self.phase = IDLE
+
+
+def _other_target(url: bytes, method: str, environ: dict) -> str:
+    """PATH_INFO of a request target that does not start with '/' (sets QUERY_STRING, and HTTP_HOST
+    from an absolute-form target, which RFC 9112 3.2.2 says replaces the Host header); ``*`` stays
+    for OPTIONS."""
+    if url == b"*" and method == "OPTIONS":
+        return "*"
+    text = url.decode("latin-1")
+    scheme, sep, rest = text.partition("://")
+    if not (sep and scheme.lower() in ("http", "https")):
+        raise HTTPError(400, f"malformed request target {text[:200]!r}")
+    end = len(rest)
+    for mark in "/?":
+        found = rest.find(mark)
+        if 0 <= found < end:
+            end = found
+    authority, rest = rest[:end], rest[end:]
+    if not authority or "@" in authority or not HOST.fullmatch(authority):
+        raise HTTPError(400, f"invalid authority in the request target {text[:200]!r}")
+    environ["HTTP_HOST"] = authority
+    path, _, query = rest.partition("?")
+    environ["QUERY_STRING"] = query
+    path = path or "/"
+    return unquote(path, "latin-1") if "%" in path else path
