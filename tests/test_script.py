@@ -11,6 +11,7 @@ import contextlib
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from datetime import date, timedelta
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
+from tests.standard_hits import expected as figures_of
+from tests.test_dashboard import Visit, report, static_server  # noqa: F401 (a fixture)
+from tests.test_standard_dashboard import check_view, open_view
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",  # Playwright adds --headless
@@ -96,8 +100,8 @@ def query_of(url: str) -> dict[str, str]:
 class Browsing:
     """Chromium contexts (one per visitor) that remember every request and every pixel answer."""
 
-    def __init__(self, browser: object) -> None:
-        self.browser = browser
+    def __init__(self, chromium: object) -> None:
+        self.browser = chromium
         self.requests: list[str] = []
         self.pixels: list[tuple[str, dict[str, str]]] = []  # (visitor, query), in the order sent
         self.statuses: list[int] = []
@@ -150,7 +154,9 @@ def chromium() -> Iterator[object]:
 
 
 @pytest.mark.slow
-def test_a_site_browsed_with_the_script(site, start_server, store_uri, store, chromium):
+def test_a_site_browsed_with_the_script(site, start_server, store_uri, store, chromium, tmp_path,
+                                        static_server):  # noqa: F811
+    """Issue 12 end to end: browse, store, mongol-report's standard section, the dashboard read back."""
     folder, port = site
     server = start_server("--db", store_uri, "--flush-interval", "0.05")
     write_pages(folder, port, server.port)
@@ -246,6 +252,37 @@ def test_a_site_browsed_with_the_script(site, start_server, store_uri, store, ch
     assert visitors[("shop.test", "/about.html", None, True, "1280")] is not None
     assert by_key[("shop.test", "/index.html", None, None, "390")]["_browser"] == "Mobile Safari"
     assert by_key[("shop.test", "/about.html", None, None, "1440")]["_browser"] == "Chrome"
+
+    # The webmaster's view of it: mongol-report with a standard section, the dashboard in Chromium, and
+    # every headline number and panel row for several ranges against what this visit amounts to
+    config = tmp_path / "reports.cfg"
+    config.write_text(f"[shop]\nstandard = yes\nsite = shop.test\ntime = days:2\noutput = {tmp_path}/out\n")
+    done = report(config, store_uri)
+    assert done.returncode == 0, done.stderr
+    figures = figures_of(hits, site="shop.test")
+    [today] = figures
+    # the reader: 10 views on shop.test; the DNT visitor: 1 view, no visitor id; the bot: counted apart
+    assert (figures[today]["pageviews"], figures[today]["visitors"], figures[today]["bots"]) == (11, 1, 1)
+    assert figures[today]["campaigns"] == {("newsletter", "email", "spring"): 1}
+    assert figures[today]["events"] == {"signup": 1, "download": 1}
+    assert figures[today]["sources"] == {"news.test": 2, None: 1}  # two arrivals from news.test, the DNT one
+    base = static_server(tmp_path / "out") + "index.html"
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, timezone_id="Pacific/Chatham")
+
+    def browser(url: str) -> Visit:  # as test_dashboard's fixture, in this test's Chromium
+        page = context.new_page()
+        seen = Visit(page)
+        page.on("pageerror", lambda exc: seen.errors.append(f"uncaught: {exc}"))
+        page.on("console", lambda m: seen.console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        page.goto(url)
+        page.wait_for_selector("html[data-state=done]", timeout=15000)
+        return seen
+
+    day = date.fromisoformat(today)
+    for name, (a, b) in {"today": (day, day), "7d": (day - timedelta(days=6), day),
+                         "30d": (day - timedelta(days=29), day)}.items():
+        _, view = open_view(browser, f"{base}#site=shop.test&range={name}")
+        check_view(view, figures, a, b)
 
 
 
