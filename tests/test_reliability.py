@@ -37,6 +37,13 @@ def assert_each_stored_once(store, numbers, timeout=60):
     return counts
 
 
+def stored_since(store, stream, mark: int) -> tuple[list[int], dict[int, int]]:
+    """The hits `stream` had answered from number `mark` on, and how often each of them (and only they) is
+    stored, once every one is."""
+    since = [n for n in stream.answered if n >= mark]
+    return since, {n: c for n, c in assert_each_stored_once(store, since).items() if n >= mark}
+
+
 def tally(sent: int, answered: list, counts: dict) -> str:
     """The figures of a run: requests sent, answered 200, hits stored, answered but not stored, and
     stored more than once."""
@@ -139,8 +146,7 @@ def test_mongodb_down_at_start_and_at_a_writer_restart_keeps_the_pixel_up(tmp_pa
         assert server.proc.poll() is None, server.log()
         wire.start()  # empty again: only what was spooled since the stop comes back
         stream.stop()
-        since = [n for n in stream.answered if n >= mark]
-        counts = {n: c for n, c in assert_each_stored_once(reader, since).items() if n >= mark}
+        since, counts = stored_since(reader, stream, mark)
         reader.close()
         print(f"mongodb down at start: {len(at_start)} answered before it came up, all stored once; "
               f"down at a writer restart: {tally(stream.sent - mark, since, counts)}; stream errors {stream.errors}")
@@ -408,8 +414,7 @@ def test_spool_folder_deleted_under_the_server(start_server, tmp_path):
     shutil.rmtree(spool)
     wait_until(lambda: len(stream.answered) > mark + 3000, 60, "hits answered after the removal")
     stream.stop()
-    since = [n for n in stream.answered if n >= mark]
-    counts = {n: c for n, c in assert_each_stored_once(store, since).items() if n >= mark}
+    since, counts = stored_since(store, stream, mark)
     store.close()
     print(f"spool folder removed: from the removal on, {tally(stream.sent - mark, since, counts)}; "
           f"answers {stream.statuses}")
