@@ -195,6 +195,7 @@ def test_the_example_config_runs_as_it_is_on_the_default_store(tmp_path):
     """reports.cfg.example, unchanged, on the default embedded store: exit 0, the standard section first."""
     env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
     env.pop("MONGOL_DB", None)
+    (tmp_path / "data" / "mongol").mkdir(parents=True)  # mongol-serve makes the default store's folder
     store = open_store(f"sqlite://{tmp_path}/data/mongol/mongol.db")  # where mongol-serve would create it
     try:
         store.insert_many(make_hits(NOW, days=3))
