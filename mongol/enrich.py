@@ -99,6 +99,7 @@ def _place_reader(reader: Any) -> Callable[[str], tuple[str | None, str | None]]
 _UA_KEY = b'"_ua":"'
 _IP_KEY = b'"_ip":"'
 _GEO_KEY = b',"_geo_ip":"'
+_SENDER_UA = b'"_sender_ua":true'  # mongol.tracking: `_ua` is a server's that POSTed the hit
 _SLOW = object()
 
 
@@ -143,13 +144,14 @@ class Enricher:
                 out.append(new)
         return out
 
-    def _encode_agent(self, raw: bytes) -> tuple[bool, bytes]:
-        """(bot, the fields to add, as JSON members) for a User-Agent as its JSON string's bytes."""
+    def _encode_agent(self, raw: bytes) -> tuple[bool, bytes, bytes]:
+        """(bot, the fields to add, the same without `_bot`: as JSON members) for a User-Agent as its JSON
+        string's bytes."""
         ua = orjson.loads(b'"' + raw + b'"')
         info = self.agent(ua)
-        fields = {"_bot": True} if info.bot else {}
-        fields.update(_browser=info.browser, _os=info.os, _device=info.device)
-        return info.bot, b"," + orjson.dumps(fields)[1:-1]
+        fields = {"_browser": info.browser, "_os": info.os, "_device": info.device}
+        plain = b"," + orjson.dumps(fields)[1:-1]
+        return info.bot, b',"_bot":true' + plain if info.bot else plain, plain
 
     def _fast(self, line: bytes) -> Any:
         """The line to store, None to store nothing (a bot, with drop_bots), or _SLOW."""
@@ -164,7 +166,9 @@ class Enricher:
             end = _string_end(line, start)
             if end < 0:
                 return _SLOW
-            bot, extra = self._agent_fields(line[start:end])
+            bot, extra, plain = self._agent_fields(line[start:end])
+            if bot and _SENDER_UA in line:  # the sending server's own User-Agent: no visitor, no bot
+                bot, extra = False, plain
             if bot and self.drop_bots:
                 self.dropped += 1
                 return None
@@ -208,7 +212,7 @@ class Enricher:
         if self.agent is not None:
             ua = hit.get("_ua")
             info = self.agent(ua if type(ua) is str else "")
-            if info.bot:
+            if info.bot and hit.get("_sender_ua") is not True:
                 if self.drop_bots:
                     self.dropped += 1
                     return None

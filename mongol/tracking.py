@@ -213,14 +213,18 @@ class Tracker:
                      or (identity is not None and identity.get("dnt") == "1"))
         if opted_out and options.dnt == "skip":
             return None, None
+        sender_ua = server  # a POSTed hit's User-Agent is the sending program's, unless it names the visitor's
         if identity and options.senders and in_networks(hit["_ip"], options.senders):
             if "ua" in identity:
                 hit["_ua"] = identity["ua"]
+                sender_ua = False
             uip = identity.get("uip", "").strip()
             if uip and is_ip(uip):
                 hit["_ip"] = uip
             if "hid" in identity:  # mongol.client's idempotency key: a retry is the same hit
                 measurement.take_hit_id(hit, identity)
+        if sender_ua:
+            hit["_sender_ua"] = True  # mongol.enrich reads no bot into it (python-requests is no visitor)
         set_cookie = None
         if not opted_out:
             key = None

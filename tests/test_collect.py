@@ -264,3 +264,20 @@ def test_a_hit_may_have_8192_bytes(serve, store):
     assert post(server, "/collect", base + "x" * (8192 - len(base)))[0] == 204
     assert post(server, "/collect", base + "x" * (8193 - len(base)))[0] == 413
     assert [h["url"] for h in stored(store, 1)] == ["/big"]
+
+
+def test_a_sending_programs_user_agent_is_no_bot(serve, store):
+    # python-requests, Go-http-client... are on the crawler list, rightly for a pixel; a POSTed hit always
+    # comes from a program, so only the visitor's User-Agent (`ua`, from a trusted sender) says "bot"
+    server = serve("--trusted-sender", "127.0.0.1")
+    agent = b"User-Agent: python-requests/2.32.3\r\n"
+    assert post(server, "/collect", form(tid="s", dp="/plain", cid="1"), agent)[0] == 204
+    assert post(server, "/collect", form(tid="s", dp="/visitor-bot", cid="1", ua="Googlebot/2.1"), agent)[0] == 204
+    assert post(server, "/collect", form(tid="s", dp="/visitor", cid="1", ua=IPHONE), agent)[0] == 204
+    http_get(f"{server.url}/p.gif?site=s&url=/pixel", {"User-Agent": "python-requests/2.32.3"})
+    hits = by_url(store, 4)
+    assert (hits["/plain"].get("_bot"), hits["/plain"]["_sender_ua"]) == (None, True)
+    assert hits["/plain"]["_ua"] == "python-requests/2.32.3"
+    assert hits["/visitor-bot"]["_bot"] is True and "_sender_ua" not in hits["/visitor-bot"]
+    assert hits["/visitor"].get("_bot") is None and hits["/visitor"]["_browser"] == "Mobile Safari"
+    assert hits["/pixel"]["_bot"] is True  # a program loading the pixel is one
