@@ -22,7 +22,8 @@ fields of those names, as they always were). What each name becomes:
 ``dnt``  (Mongol's own) ``1``: the visitor sent ``DNT: 1`` or ``Sec-GPC: 1`` to the sending server
 ``hid``  (Mongol's own) from a ``--trusted-sender`` only: the hit's ``_id`` (24 hex digits), with
 ``ht``   its time in milliseconds since the epoch: a hit sent again is stored once; dropped otherwise
-``v``    dropped (the protocol version), as is ``z`` (a cache buster)
+``v``    dropped (the protocol version), as are ``z`` (a cache buster) and ``aip`` (anonymise the
+         address: Mongol always does, unless ``--full-ip``)
 ======  =====================================================================================
 
 The fields of the other hit types get readable names (READABLE: ``ec`` is ``event_category``,
@@ -63,6 +64,7 @@ def take_names(hit: Hit) -> dict[str, str]:
     identity = {name: _first(hit.pop(name)) for name in IDENTITY if name in hit}
     hit.pop("v", None)
     hit.pop("z", None)
+    hit.pop("aip", None)  # "anonymise the address": Mongol always does, unless --full-ip
     tid, dh, dp, dl = hit.pop("tid", None), hit.pop("dh", None), hit.pop("dp", None), hit.pop("dl", None)
     if "site" not in hit and (tid or dh):
         hit["site"] = _first(tid or dh)

@@ -37,7 +37,7 @@ def form(**fields):
 def test_pixel_reads_measurement_protocol_names_when_v_is_1(serve, store):
     server = serve()
     query = form(v=1, tid="example.com", dl="https://www.other.org/page?x=1", dt="A page", dr="https://ref.example/",
-                 cid="555", t="pageview", z="123456", ds="web", cd1="kept")
+                 cid="555", t="pageview", z="123456", ds="web", cd1="kept", aip="1")
     status, _, body = http_get(f"{server.url}/collect?{query}", {"User-Agent": "ua"})
     assert (status, body) == (200, GIF)
     # without v=1, the same names stay fields of their own, as any pixel parameter
@@ -47,7 +47,7 @@ def test_pixel_reads_measurement_protocol_names_when_v_is_1(serve, store):
     assert mp["site"] == "example.com"  # tid names the site; dl gave the url
     assert (mp["title"], mp["referrer"], mp["t"], mp["ds"], mp["cd1"], mp["pageviews"]) == (
         "A page", "https://ref.example/", "pageview", "web", "kept", 1)
-    assert not {"v", "tid", "dl", "dt", "dr", "cid", "z"} & set(mp)
+    assert not {"v", "tid", "dl", "dt", "dr", "cid", "z", "aip"} & set(mp)
     plain = hits["/plain"]
     assert (plain["t"], plain["z"], plain["dt"], plain["cid"], plain["pageviews"]) == ("x", "1", "y", "7", 1)
 
