@@ -187,6 +187,8 @@ def test_kill_9_under_load_loses_no_answered_hit(start_server, store_uri, store,
     spool = tmp_path / "spool"
     server = start_server("--db", store_uri, "--spool", str(spool))
     stream = HitStream(server.port, rate=2000).start()
+    wait_until(lambda: len(stream.answered) > 2500, 30, "load")
+    os.kill(read_status(spool)["pid"], signal.SIGSTOP)  # a writer behind (else it may have stored all)
     wait_until(lambda: len(stream.answered) > 3000, 30, "load")
     os.kill(server.proc.pid, signal.SIGKILL)  # the supervisor; its workers and writer die with it
     server.proc.wait(10)
