@@ -21,6 +21,7 @@ import ipaddress
 import itertools
 import os
 import time as _time
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
@@ -186,12 +187,24 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
     arrived, if not now (mongol-ingest passes the time nginx logged); `params`, the request's
     parameters parsed already (from a body, or read as Measurement Protocol names); `url_optional`:
     a site is enough (a Measurement Protocol event, timing... names no page)."""
-    hit: Hit = parse_query(environ.get("QUERY_STRING", "")) if params is None else params
+    if params is None and not url_optional:
+        page = page_fields(environ.get("QUERY_STRING", ""), environ.get("HTTP_REFERER", ""))
+        if page is not None:
+            return stamp(page, environ, trusted, now_us)
+    if params is None:
+        params = parse_query(environ.get("QUERY_STRING", ""))
+    views = _page(params, environ.get("HTTP_REFERER", ""), url_optional)
+    return stamp((params, views), environ, trusted, now_us)
+
+
+def _page(hit: Hit, referer: str, url_optional: bool) -> int:
+    """Complete, in place, the fields of a hit that come from its parameters and Referer (site, url,
+    sources, event, screen); its pageviews. Raises RequestError when it names no site or page."""
     for name in ("site", "url"):
         if type(hit.get(name)) is list:
             hit[name] = hit[name][0]
     if "site" not in hit or ("url" not in hit and not url_optional):
-        found = site_and_url(environ.get("HTTP_REFERER", ""))
+        found = site_and_url(referer)
         if found is None:
             raise RequestError("missing site and url: pass both as parameters or send a Referer", "no site")
         hit.setdefault("site", found[0])
@@ -213,6 +226,38 @@ def hit_from_environ(environ: dict, trusted: tuple[Network, ...] = (), now_us: i
         screen = hit["screen"] = _first(hit["screen"])
         if not (screen.isascii() and screen.isdigit() and len(screen) <= 5):
             del hit["screen"]
+    return views
+
+
+def _page_of(query: str, referer: str) -> tuple[Hit, int] | None:
+    params = parse_query(query)
+    if params.get("v") == "1":
+        return None
+    return params, _page(params, referer, False)
+
+
+# Every view of a page sends the same query string and Referer: what they give is worked out once
+# (parsing, the Referer's URL, sources: most of a hit's cost). Errors are not kept, nor long keys,
+# so that the cache stays small whatever clients send (at most PAGE_CACHE * PAGE_KEY_CHARS of keys).
+PAGE_CACHE = 4096
+PAGE_KEY_CHARS = 2048
+_cached_page = lru_cache(maxsize=PAGE_CACHE)(_page_of)
+
+
+def page_fields(query: str, referer: str) -> tuple[Hit, int] | None:
+    """What a pixel request's query string and Referer make of a hit, as `(fields, pageviews)`, to be
+    copied and never changed; None for a Measurement Protocol hit (`v=1`), which the caller reads
+    itself. Raises RequestError as hit_from_environ does."""
+    if len(query) + len(referer) > PAGE_KEY_CHARS:
+        return _page_of(query, referer)
+    return _cached_page(query, referer)
+
+
+def stamp(page: tuple[Hit, int], environ: dict, trusted: tuple[Network, ...] = (), now_us: int | None = None) -> Hit:
+    """A new hit from page fields: a copy of them, with what belongs to this request (id, time, address,
+    User-Agent). The copy is shallow: a list value is shared with the page, and must not change."""
+    fields, views = page
+    hit = fields.copy()
     if now_us is None:
         now_us = _time.time_ns() // 1000
     hit["_id"] = new_id(now_us // 1_000_000)

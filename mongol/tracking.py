@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mongol import measurement
-from mongol.hit import Hit, Network, hit_from_environ, in_networks, is_ip, parse_query
+from mongol.hit import Hit, Network, hit_from_environ, in_networks, is_ip, page_fields, parse_query, stamp
 
 DAY_US = 86_400 * 1_000_000
 SALT_BYTES = 32
@@ -199,15 +199,25 @@ class Tracker:
         `params`: the parameters when they come from a body (POST); `server`: a POST from a server,
         read as a Measurement Protocol hit and never given a cookie. Raises RequestError as
         hit_from_environ does."""
+        page = None
         if params is None:
-            params = parse_query(environ.get("QUERY_STRING", ""))
-        identity = measurement.take_names(params) if server or params.get("v") == "1" else None
-        if identity and "qt" in identity:
-            now_us = (time.time_ns() // 1000 if now_us is None else now_us) - measurement.queue_time_us(identity)
-        hit = hit_from_environ(environ, self.trusted, now_us, params=params,
-                               url_optional=identity is not None and not measurement.is_view(params))
-        if identity is not None and not measurement.is_view(hit):
-            hit["pageviews"] = 0
+            query = environ.get("QUERY_STRING", "")
+            if not server:
+                page = page_fields(query, environ.get("HTTP_REFERER", ""))  # None: a Measurement Protocol hit
+            if page is None:
+                params = parse_query(query)
+        if page is not None:
+            identity = None
+            hit = stamp(page, environ, self.trusted, now_us)
+        else:
+            assert params is not None
+            identity = measurement.take_names(params) if server or params.get("v") == "1" else None
+            if identity and "qt" in identity:
+                now_us = (time.time_ns() // 1000 if now_us is None else now_us) - measurement.queue_time_us(identity)
+            hit = hit_from_environ(environ, self.trusted, now_us, params=params,
+                                   url_optional=identity is not None and not measurement.is_view(params))
+            if identity is not None and not measurement.is_view(hit):
+                hit["pageviews"] = 0
         options = self.options
         opted_out = (environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"
                      or (identity is not None and identity.get("dnt") == "1"))

@@ -44,6 +44,7 @@ class Writer:
         self.stored = 0       # new hits written to the store by this process
         self.duplicates = 0   # lines the store already held (a segment read again after a crash)
         self.failing: str | None = None
+        self.last_batch = 0   # lines read by the latest step
         self._since = time.time()
         self._status_at = 0.0
         if failing:  # the store did not answer at start
@@ -52,6 +53,7 @@ class Writer:
     def step(self) -> bool:
         """Store one batch; True if there was anything to store and it was stored."""
         lines, marks = self.spool.read(self.batch_size)
+        self.last_batch = len(lines)
         if not lines:
             self.spool.remove_finished()
             if self.store is None:  # nothing to store, but /healthz should know when the store answers
@@ -133,6 +135,7 @@ class Writer:
         Returns the bytes left in the spool (they are stored at the next start)."""
         delay = self.interval
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 busy = self.step()
                 delay = self.interval
@@ -142,6 +145,11 @@ class Writer:
             self.write_status()
             if not busy:
                 stop.wait(delay)
+            elif self.last_batch < self.batch_size:
+                # Caught up: let the next batch gather for the rest of the interval. Under load a writer
+                # that goes on at once stores many small batches, and each costs a commit, a look at
+                # every segment and a rewrite of the same index pages: twice the CPU per hit.
+                stop.wait(max(0.0, began + delay - time.monotonic()))
         deadline = time.monotonic() + drain_timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if self.store is not None and hasattr(self.store, "wait_at_most"):

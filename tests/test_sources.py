@@ -107,6 +107,45 @@ def test_fields_of_a_hit(params, referer, fields, views):
     assert own == fields
 
 
+def test_a_page_viewed_again_gives_the_same_fields_in_a_hit_of_its_own(tmp_path):
+    """What a query string and Referer give is worked out once (mongol.hit.page_fields): the next views
+    of a page get the same fields, each in a new hit with its own id, and a hit changed after it was
+    made changes no other."""
+    from mongol.tracking import Salts, Tracker, Tracking
+
+    tracker = Tracker(Tracking(), Salts(tmp_path))
+    makers = {"plain": hit_from_environ, "tracker": lambda environ: tracker.make(environ)[0]}
+    for name, make in makers.items():
+        for params, referer, fields, views in ROWS:
+            environ = {"QUERY_STRING": encode(params), "REMOTE_ADDR": "203.0.113.9"}
+            if referer:
+                environ["HTTP_REFERER"] = referer
+            first = make(environ)
+            first["site"] = "changed"
+            first["extra"] = "added"
+            second = make(dict(environ))
+            assert second["_id"] != first["_id"], name
+            assert second.pop("pageviews") == views, (name, params)
+            assert {k: v for k, v in second.items() if k not in SERVER_FIELDS} == fields, (name, params)
+    # the Referer is part of what is kept: the same query with another Referer is another page
+    a = hit_from_environ({"QUERY_STRING": "", "HTTP_REFERER": "https://a.test/x", "REMOTE_ADDR": "203.0.113.9"})
+    b = hit_from_environ({"QUERY_STRING": "", "HTTP_REFERER": "https://b.test/y", "REMOTE_ADDR": "203.0.113.9"})
+    assert (a["site"], a["url"], b["site"], b["url"]) == ("a.test", "/x", "b.test", "/y")
+
+
+def test_what_is_kept_of_pages_stays_small_whatever_clients_send():
+    from mongol import hit as hit_module
+
+    hit_module._cached_page.cache_clear()
+    long_referer = "https://a.test/" + "x" * hit_module.PAGE_KEY_CHARS
+    for n in range(hit_module.PAGE_CACHE + 500):
+        hit_from_environ({"QUERY_STRING": f"site=a.test&url=/{n}", "REMOTE_ADDR": "203.0.113.9"})
+        hit_from_environ({"QUERY_STRING": f"n={n}", "HTTP_REFERER": long_referer, "REMOTE_ADDR": "203.0.113.9"})
+    info = hit_module._cached_page.cache_info()
+    assert info.currsize == hit_module.PAGE_CACHE  # the oldest pages went, long keys never came in
+    assert info.misses == hit_module.PAGE_CACHE + 500
+
+
 @pytest.mark.parametrize(("url", "rest", "found"), [
     ("/", "/", {}),
     ("/a?b=1", "/a?b=1", {}),

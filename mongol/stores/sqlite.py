@@ -86,6 +86,8 @@ SELECT value ->> '$._id', value ->> '$.time',
 FROM json_each(?)
 RETURNING {HOURLY_KEY}"""
 
+INSERT_ROWS = "INSERT OR IGNORE INTO hits (id, time, site, doc) VALUES (?, ?, ?, ?)"
+
 ADD_HOURLY = """INSERT INTO pageviews_hourly (hour, site, url, title, views, hits) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET views = views + excluded.views, hits = hits + excluded.hits"""
 TAKE_HOURLY = """UPDATE pageviews_hourly SET views = views - ?, hits = hits - ?
@@ -110,6 +112,45 @@ def _by_hour(rows: Iterable[tuple]) -> dict[tuple, list]:
             entry[0] += _number(views)
             entry[1] += 1
     return sums
+
+
+def _rows(lines: list[bytes]) -> tuple[list[tuple], dict[tuple, list]] | None:
+    """The hits table's rows for spool lines, and their sums per (hour, site, url, title) as _by_hour
+    makes them from HOURLY_KEY: the same texts, since `doc -> '$.url'` gives back a value's JSON as
+    it is in `doc`, which orjson wrote. None when a line is not a hit with a string `_id` and an
+    integer `time` (or not UTF-8): the SQL statement then takes the batch, as it always could."""
+    rows = []
+    sums: dict[tuple, list] = {}
+    loads, dumps = orjson.loads, orjson.dumps
+    for line in lines:
+        try:
+            hit = loads(line)
+            hit_id = hit.pop("_id")
+            us = hit.pop("time")
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            return None
+        if type(hit_id) is not str or type(us) is not int:
+            return None
+        site = hit.get("site")
+        if type(site) is not str:
+            site = None
+        doc = dumps(hit)
+        rows.append((hit_id, us, site, doc.decode()))
+        url, title = hit.get("url", _NONE), hit.get("title", _NONE)
+        key = (us - us % HOUR_US, site or "", "" if url is _NONE else dumps(url).decode(),
+               "" if title is _NONE else dumps(title).decode())
+        views = hit.get("pageviews")
+        views = views if type(views) is int else _number(views)
+        entry = sums.get(key)
+        if entry is None:
+            sums[key] = [views, 1]
+        else:
+            entry[0] += views
+            entry[1] += 1
+    return rows, sums
+
+
+_NONE = object()
 
 
 def _number(value: object) -> float:
@@ -214,11 +255,24 @@ class SQLiteStore(StandardDays):
         if moved:
             raise StoreMoved(f"the SQLite file {self.path} was removed or replaced while mongol-serve had it open; "
                              "opening it again")
-        # The whole batch is one JSON array bound to one statement: no Python work per hit, and
-        # one step of the engine per new row (a step per row in a busy process queues for the GIL).
-        payload = (b"[" + b",".join(lines) + b"]").decode("utf-8", "replace")
+        rows = _rows(lines)
         with self._transaction():
-            sums = _by_hour(self._db.execute(INSERT_RECORDS, (payload,)))
+            if rows is not None:
+                # Decoded here (orjson), one plain row each: SQLite parses no JSON on this path. INSERT OR
+                # IGNORE says only how many rows went in; when some were there already (a segment read
+                # again after a crash), the batch takes the statement below, which says which.
+                self._db.execute("SAVEPOINT batch")
+                if self._db.executemany(INSERT_ROWS, rows[0]).rowcount == len(rows[0]):
+                    self._db.execute("RELEASE batch")
+                    sums = rows[1]
+                else:
+                    self._db.execute("ROLLBACK TO batch")
+                    self._db.execute("RELEASE batch")
+                    rows = None
+            if rows is None:
+                # The whole batch is one JSON array bound to one statement, which says which hits it inserted.
+                payload = (b"[" + b",".join(lines) + b"]").decode("utf-8", "replace")
+                sums = _by_hour(self._db.execute(INSERT_RECORDS, (payload,)))
             self._db.executemany(ADD_HOURLY, [(*key, views, hits) for key, (views, hits) in sums.items()])
             if sums:
                 seq = self._db.execute("UPDATE change_seq SET seq = seq + 1 RETURNING seq").fetchone()[0]
