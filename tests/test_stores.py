@@ -215,24 +215,31 @@ def test_sqlite_store_from_before_hourly_sums_is_migrated(tmp_path):
 
 
 TRICKY = [
-    {"url": "/caf\u00e9?q=\u00e9t\u00e9", "title": "Caf\u00e9 \U0001f600 \"quoted\" back\\slash"},
+    {"url": "/caf\u00e9?q=\u00e9t\u00e9", "title": "Caf\u00e9 \U0001f600 \"quoted\" back\\slash \\"},
     {"url": "/ctl", "title": "tab\there\nnewline \x01 \x1f \u2028 \x7f"},
     {"url": "/list", "title": ["one", "two"], "pageviews": "2"},
     {"url": "/nested", "title": {"a": [1, 2.5, None, True]}, "pageviews": 0.5},
+    {"url": "/brace{in}a/string", "title": "t"},
+    {"meta": {"url": "/inner", "title": "inner"}, "url": "/outer", "title": "outer"},
     {"url": "/flag", "pageviews": True},
     {"url": "/null", "title": None, "pageviews": None},
     {"url": "/missing-views"},
-    {"title": "no url"},
+    {"url": "/event", "pageviews": 0, "event": "click"},
+    {"title": "no url", "note": '"url":"/not-a-key"'},
     {"url": "/nul\u0000byte", "title": "\u0000"},
+    {"url": "/empty-site", "site": ""},
+    {"url": "/escaped-site", "site": "\u00e9\\.org"},
 ]
 
 
-def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tmp_path, monkeypatch):
+@pytest.mark.parametrize("way", ["python", "sql"])
+def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tmp_path, monkeypatch, way):
     """A batch of new hits is decoded by orjson and inserted row by row; a batch holding a replay goes
-    through one JSON statement. Both must give the same rows and the same hourly keys, and a purge
-    (which reads the keys back from the stored docs in SQL) must find every key the insert made."""
+    through one JSON statement. All must give the rows and hourly keys of that statement, and a purge (which reads the
+    keys back from the stored docs in SQL) must find every key the insert made."""
     from mongol.journal import encode
     from mongol.stores import sqlite as sqlite_store
+    from mongol.stores import sqlite_rows
 
     hits = []
     for n, extra in enumerate(TRICKY * 3):
@@ -242,23 +249,25 @@ def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tm
             del hit["site"]
         hits.append(hit)
     lines = [encode(h).rstrip(b"\n") for h in hits]
-    tables = {}
-    for way in ("python", "sql"):
-        if way == "sql":
-            monkeypatch.setattr(sqlite_store, "_rows", lambda lines: None)
-        store = open_store(f"sqlite://{tmp_path}/{way}.db")
+
+    def table(name: str) -> tuple:
+        store = open_store(f"sqlite://{tmp_path}/{name}.db")
         assert store.insert_lines(list(lines)) == len(hits)
         db = store._db
-        tables[way] = (
-            [(i, t, s, orjson_loads(d)) for i, t, s, d in db.execute("SELECT id, time, site, doc FROM hits "
-                                                                     "ORDER BY id")],
-            db.execute("SELECT * FROM pageviews_hourly ORDER BY 1, 2, 3, 4").fetchall(),
-        )
+        got = ([(i, t, s, orjson_loads(d)) for i, t, s, d in db.execute("SELECT id, time, site, doc FROM hits "
+                                                                         "ORDER BY id")],
+               db.execute("SELECT * FROM pageviews_hourly ORDER BY 1, 2, 3, 4").fetchall())
         assert store.delete_before(T0 + timedelta(days=2)) == len(hits)
         assert db.execute("SELECT count(*) FROM pageviews_hourly").fetchone()[0] == 0
         store.close()
-    assert tables["python"] == tables["sql"]
-    assert len(tables["python"][1]) == len(hits)  # one hour each
+        return got
+
+    if way == "sql":
+        monkeypatch.setattr(sqlite_rows, "rows", lambda lines: None)
+    mine = table(way)
+    monkeypatch.setattr(sqlite_rows, "rows", lambda lines: None)
+    assert mine == table("reference")
+    assert len(mine[1]) == len(hits)  # one hour each
 
 
 def test_a_batch_with_a_replayed_hit_stores_only_the_new_ones_and_counts_them(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from mongol.errors import StoreError, StoreMoved
-from mongol.stores import Hit
+from mongol.stores import Hit, sqlite_rows
 from mongol.stores.sqlite_standard import StandardDays
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -31,7 +31,7 @@ ONE_US = timedelta(microseconds=1)
 BUSY_TIMEOUT_MS = 10_000
 DELETE_CHUNK = 20_000
 
-HOUR_US = 3600 * 1_000_000
+HOUR_US = sqlite_rows.HOUR_US
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -107,60 +107,12 @@ def _by_hour(rows: Iterable[tuple]) -> dict[tuple, list]:
         key = (time_us - time_us % HOUR_US, site, url, title)
         entry = sums.get(key)
         if entry is None:
-            sums[key] = [_number(views), 1]
+            sums[key] = [sqlite_rows.number(views), 1]
         else:
-            entry[0] += _number(views)
+            entry[0] += sqlite_rows.number(views)
             entry[1] += 1
     return sums
 
-
-def _rows(lines: list[bytes]) -> tuple[list[tuple], dict[tuple, list]] | None:
-    """The hits table's rows for spool lines, and their sums per (hour, site, url, title) as _by_hour
-    makes them from HOURLY_KEY: the same texts, since `doc -> '$.url'` gives back a value's JSON as
-    it is in `doc`, which orjson wrote. None when a line is not a hit with a string `_id` and an
-    integer `time` (or not UTF-8): the SQL statement then takes the batch, as it always could."""
-    rows = []
-    sums: dict[tuple, list] = {}
-    loads, dumps = orjson.loads, orjson.dumps
-    for line in lines:
-        try:
-            hit = loads(line)
-            hit_id = hit.pop("_id")
-            us = hit.pop("time")
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-            return None
-        if type(hit_id) is not str or type(us) is not int:
-            return None
-        site = hit.get("site")
-        if type(site) is not str:
-            site = None
-        doc = dumps(hit)
-        rows.append((hit_id, us, site, doc.decode()))
-        url, title = hit.get("url", _NONE), hit.get("title", _NONE)
-        key = (us - us % HOUR_US, site or "", "" if url is _NONE else dumps(url).decode(),
-               "" if title is _NONE else dumps(title).decode())
-        views = hit.get("pageviews")
-        views = views if type(views) is int else _number(views)
-        entry = sums.get(key)
-        if entry is None:
-            sums[key] = [views, 1]
-        else:
-            entry[0] += views
-            entry[1] += 1
-    return rows, sums
-
-
-_NONE = object()
-
-
-def _number(value: object) -> float:
-    """pageviews as SQL's total() reads it: a number, else 0."""
-    if isinstance(value, int | float):
-        return value
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0
 
 # A top-level field of the hit named ? that is the string ?, or a list holding it (any name works:
 # the name is compared as a key, never spliced into a JSON path).
@@ -255,7 +207,7 @@ class SQLiteStore(StandardDays):
         if moved:
             raise StoreMoved(f"the SQLite file {self.path} was removed or replaced while mongol-serve had it open; "
                              "opening it again")
-        rows = _rows(lines)
+        rows = sqlite_rows.rows(lines)
         with self._transaction():
             if rows is not None:
                 # Decoded here (orjson), one plain row each: SQLite parses no JSON on this path. INSERT OR
