@@ -32,6 +32,7 @@ STALE_STATUS = 10.0  # seconds without news from the writer before /healthz call
 #: Who may read /healthz and /metrics by default (--status-allow): this machine only.
 LOOPBACK = ("127.0.0.0/8", "::1")
 STATUS_PATHS = frozenset(["/healthz", "/metrics"])
+SPECIAL_PATHS = STATUS_PATHS | assets.PATHS | collect.PATHS  # answered otherwise than with the pixel
 
 StartResponse = Callable[..., Any]
 Response = tuple[str, list[tuple[str, str]], bytes]
@@ -101,6 +102,8 @@ class PixelApp:
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO")
+        if method == "GET" and path not in SPECIAL_PATHS:  # the pixel: what nearly every request is
+            return self._pixel(environ, start_response, method)
         if path in STATUS_PATHS and not in_networks(client_ip(environ, self.trusted), self.status_allow):
             status, headers, body = _text("403 Forbidden", b"not for this address (see --status-allow)\n")
         elif path == "/healthz":
@@ -118,29 +121,35 @@ class PixelApp:
             allow = "GET, HEAD, POST" if path in collect.PATHS and self.tracker is not None else "GET, HEAD"
             status, headers, body = _text("405 Method Not Allowed", b"only GET and HEAD\n", [("Allow", allow)])
         else:
-            try:
-                if self.tracker is None:
-                    hit, cookie = hit_from_environ(environ, self.trusted), None
-                else:
-                    hit, cookie = self.tracker.make(environ)
-            except RequestError as exc:
-                self._reject(exc.reason)
-                status, headers, body = _text(exc.status, exc.body)
-            except OSError as exc:  # the day's visitor salt cannot be saved: the spool's disk refuses
-                status, headers, body = self._refuse(exc)
+            return self._pixel(environ, start_response, method)
+        start_response(status, headers)
+        return [body] if method != "HEAD" else []
+
+    def _pixel(self, environ: dict, start_response: StartResponse, method: str) -> list[bytes]:
+        """GET or HEAD of the pixel."""
+        try:
+            if self.tracker is None:
+                hit, cookie = hit_from_environ(environ, self.trusted), None
             else:
-                if method == "HEAD":
-                    start_response("200 OK", GIF_HEADERS)
-                    return []
-                if hit is None or (self.tracker is not None and is_prefetch(environ)):
-                    self._reject("opted out" if hit is None else "prefetch")
-                    start_response("200 OK", GIF_HEADERS)
-                    return [GIF]
-                if self.record(hit):
-                    self.accepted += 1
-                    start_response("200 OK", GIF_HEADERS if cookie is None else [*GIF_HEADERS, ("Set-Cookie", cookie)])
-                    return [GIF]
-                status, headers, body = self._refuse()
+                hit, cookie = self.tracker.make(environ)
+        except RequestError as exc:
+            self._reject(exc.reason)
+            status, headers, body = _text(exc.status, exc.body)
+        except OSError as exc:  # the day's visitor salt cannot be saved: the spool's disk refuses
+            status, headers, body = self._refuse(exc)
+        else:
+            if method == "HEAD":
+                start_response("200 OK", GIF_HEADERS)
+                return []
+            if hit is None or (self.tracker is not None and is_prefetch(environ)):
+                self._reject("opted out" if hit is None else "prefetch")
+                start_response("200 OK", GIF_HEADERS)
+                return [GIF]
+            if self.record(hit):
+                self.accepted += 1
+                start_response("200 OK", GIF_HEADERS if cookie is None else [*GIF_HEADERS, ("Set-Cookie", cookie)])
+                return [GIF]
+            status, headers, body = self._refuse()
         start_response(status, headers)
         return [body] if method != "HEAD" else []
 

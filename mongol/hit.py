@@ -263,8 +263,9 @@ def stamp(page: tuple[Hit, int], environ: dict, trusted: tuple[Network, ...] = (
     hit["_id"] = new_id(now_us // 1_000_000)
     hit["time"] = now_us
     hit["pageviews"] = views
-    hit["_ip"] = client_ip(environ, trusted)
-    hit["_ua"] = _text(environ.get("HTTP_USER_AGENT", ""))
+    hit["_ip"] = client_ip(environ, trusted) if trusted else environ.get("REMOTE_ADDR", "")
+    ua = environ.get("HTTP_USER_AGENT", "")
+    hit["_ua"] = ua if ua.isascii() else _text(ua)
     return hit
 
 

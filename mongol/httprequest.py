@@ -45,6 +45,7 @@ class _EmptyInput:
 
 
 _EMPTY_INPUT = _EmptyInput()
+_OWS = (" ", "\t")
 
 
 class Connection(Responder):
@@ -120,8 +121,10 @@ class Connection(Responder):
                 self.header_bytes += len(name)
             if not key:
                 return  # a name with an underscore
+        text = value.decode("latin-1")
+        if text[-1:] in _OWS:
+            text = text.rstrip(" \t")  # llhttp drops the leading whitespace, not the trailing
         environ = self.environ  # after the head: a scratch dict, where trailer fields are dropped
-        text = value.decode("latin-1").rstrip(" \t")  # llhttp drops the leading whitespace
         if key in environ:
             if key == "HTTP_HOST":
                 raise HTTPError(400, "two Host header fields")
@@ -134,7 +137,8 @@ class Connection(Responder):
         environ = self.environ
         self.environ = {}  # trailer fields of a chunked body go here, and are dropped
         server = self.server
-        self.check_limits()
+        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
+            self.check_limits()
         method = _METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
         version = parser.get_http_version()
         try:

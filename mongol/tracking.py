@@ -199,25 +199,20 @@ class Tracker:
         `params`: the parameters when they come from a body (POST); `server`: a POST from a server,
         read as a Measurement Protocol hit and never given a cookie. Raises RequestError as
         hit_from_environ does."""
-        page = None
         if params is None:
             query = environ.get("QUERY_STRING", "")
             if not server:
                 page = page_fields(query, environ.get("HTTP_REFERER", ""))  # None: a Measurement Protocol hit
-            if page is None:
-                params = parse_query(query)
-        if page is not None:
-            identity = None
-            hit = stamp(page, environ, self.trusted, now_us)
-        else:
-            assert params is not None
-            identity = measurement.take_names(params) if server or params.get("v") == "1" else None
-            if identity and "qt" in identity:
-                now_us = (time.time_ns() // 1000 if now_us is None else now_us) - measurement.queue_time_us(identity)
-            hit = hit_from_environ(environ, self.trusted, now_us, params=params,
-                                   url_optional=identity is not None and not measurement.is_view(params))
-            if identity is not None and not measurement.is_view(hit):
-                hit["pageviews"] = 0
+                if page is not None:
+                    return self._page_hit(stamp(page, environ, self.trusted, now_us), environ)
+            params = parse_query(query)
+        identity = measurement.take_names(params) if server or params.get("v") == "1" else None
+        if identity and "qt" in identity:
+            now_us = (time.time_ns() // 1000 if now_us is None else now_us) - measurement.queue_time_us(identity)
+        hit = hit_from_environ(environ, self.trusted, now_us, params=params,
+                               url_optional=identity is not None and not measurement.is_view(params))
+        if identity is not None and not measurement.is_view(hit):
+            hit["pageviews"] = 0
         options = self.options
         opted_out = (environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"
                      or (identity is not None and identity.get("dnt") == "1"))
@@ -249,14 +244,7 @@ class Tracker:
             else:
                 key = hit["_ip"] + "\x00" + hit["_ua"]
             if key is not None:
-                day = hit["time"] // DAY_US
-                if day != self._day:
-                    salt = self.salts.get(day)
-                    self._day, self._hasher = day, hashlib.blake2b(key=salt, digest_size=8) if salt else None
-                if self._hasher is not None:
-                    hasher = self._hasher.copy()  # keyed once per day: a copy is cheaper than a new key
-                    hasher.update((hit["site"] + "\x00" + key).encode("utf-8", "replace"))
-                    hit["_visitor"] = hasher.hexdigest()
+                self._visitor(hit, key)
         if opted_out or not options.full_ip:
             ip = hit["_ip"]
             hidden = anonymise_ip(ip)
@@ -265,6 +253,43 @@ class Tracker:
                 if options.geoip is not None:
                     hit["_geo_ip"] = ip
         return hit, set_cookie
+
+    def _page_hit(self, hit: Hit, environ: dict) -> tuple[Hit | None, str | None]:
+        """make() for a pixel request, the common case: what make() does, without the Measurement
+        Protocol's names to look at."""
+        options = self.options
+        opted_out = environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"
+        set_cookie = None
+        if opted_out:
+            if options.dnt == "skip":
+                return None, None
+        elif options.cookie:
+            visitor = _cookie(environ.get("HTTP_COOKIE", ""))
+            if visitor is None:
+                visitor = secrets.token_hex(16)
+                set_cookie = f"{COOKIE_NAME}={visitor}; {COOKIE_ATTRIBUTES}"
+            hit["_visitor"] = visitor
+        else:
+            self._visitor(hit, hit["_ip"] + "\x00" + hit["_ua"])
+        if opted_out or not options.full_ip:
+            ip = hit["_ip"]
+            hidden = anonymise_ip(ip)
+            if hidden != ip:
+                hit["_ip"] = hidden
+                if options.geoip is not None:
+                    hit["_geo_ip"] = ip
+        return hit, set_cookie
+
+    def _visitor(self, hit: Hit, key: str) -> None:
+        """`_visitor`: the day's keyed hash of the site and `key` (nothing when the day has no salt)."""
+        day = hit["time"] // DAY_US
+        if day != self._day:
+            salt = self.salts.get(day)
+            self._day, self._hasher = day, hashlib.blake2b(key=salt, digest_size=8) if salt else None
+        if self._hasher is not None:
+            hasher = self._hasher.copy()  # keyed once per day: a copy is cheaper than a new key
+            hasher.update((hit["site"] + "\x00" + key).encode("utf-8", "replace"))
+            hit["_visitor"] = hasher.hexdigest()
 
     def housekeep(self) -> None:
         """Called about once a second: deletes old salts even when no hit comes to need a new one."""
