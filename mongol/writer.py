@@ -1,7 +1,8 @@
 """The writer process: drains the spool into the store, in batches, whatever the store does.
 
-It reads complete journal lines from every segment, stores them with one `insert_lines` call per
-batch (unordered; ids already stored are skipped), and deletes segments once closed and stored.
+It reads complete journal lines from every segment, decodes them, and stores them with one
+`insert_records` call per batch (unordered; ids already stored are skipped), and deletes segments
+once closed and stored.
 When the store fails, the hits stay in the spool and the batch is retried with backoff; the log
 says so once, and once more when storing works again. The store need not answer when the writer
 starts: `connect` is called again at each retry until it does. `status.json` beside the segments tells the
@@ -30,7 +31,7 @@ STATUS_EVERY = 0.5
 
 class Writer:
     def __init__(self, store: Store | None, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
-                 metrics: Any = None, enrich: Callable[[list[bytes]], list[bytes]] | None = None,
+                 metrics: Any = None, enrich: Callable[[list[dict]], list[dict]] | None = None,
                  connect: Callable[[], Store] | None = None, description: str = "the store",
                  failing: str | None = None) -> None:
         self.store = store
@@ -64,10 +65,11 @@ class Writer:
                     raise
                 self._recovered()
             return False
+        records = decode(lines)
         try:
             if self.enrich is not None:
-                lines = self.enrich(lines)
-            new = self._insert(lines) if lines else 0
+                records = self.enrich(records)
+            new = self._store().insert_records(records) if records else 0
         except Exception as exc:  # any store failure: the hits stay in the spool, retried later
             self._failed(exc)
             if isinstance(exc, StoreMoved) and self.connect is not None and self.store is not None:
@@ -76,10 +78,10 @@ class Writer:
             raise
         self.spool.commit(marks)
         self.stored += new
-        self.duplicates += len(lines) - new
+        self.duplicates += len(records) - new
         if self.metrics is not None:
             self.metrics.stored.inc(new)
-            self.metrics.duplicates.inc(len(lines) - new)
+            self.metrics.duplicates.inc(len(records) - new)
             replayed = sum(count for segment, _, count in marks if segment.replay)
             if replayed:
                 self.metrics.replayed.inc(min(replayed, new))
@@ -98,16 +100,6 @@ class Writer:
             self.description = self.store.description
         return self.store
 
-    def _insert(self, lines: list[bytes]) -> int:
-        store = self._store()
-        try:
-            return store.insert_lines(lines)
-        except Exception as exc:
-            if "malformed JSON" not in str(exc) and not isinstance(exc, orjson.JSONDecodeError):
-                raise
-        lines[:] = self._drop_bad_lines(lines)
-        return store.insert_lines(lines) if lines else 0
-
     def _failed(self, exc: Exception) -> None:
         message = " ".join(str(exc).split())[:300]
         if not self.failing:
@@ -118,17 +110,6 @@ class Writer:
         if self.metrics is not None:
             self.metrics.store_errors.inc()
         self.write_status(force=True)
-
-    @staticmethod
-    def _drop_bad_lines(lines: list[bytes]) -> list[bytes]:
-        good = []
-        for line in lines:
-            try:
-                orjson.loads(line)
-                good.append(line)
-            except orjson.JSONDecodeError:
-                log.error("dropping a spool line that is not JSON: %r", line[:200])
-        return good
 
     def run(self, stop: threading.Event, drain_timeout: float = 30.0) -> int:
         """Store until `stop` is set, then until the spool is empty or `drain_timeout` passes.
@@ -188,6 +169,25 @@ class Writer:
         except OSError:  # a full or read-only disk: /healthz goes stale ("not reporting") until it heals
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+def decode(lines: list[bytes]) -> list[dict]:
+    """Spool lines as hits (`time` in integer microseconds), decoded once for the enrichment and the
+    store; a line that is no hit (not JSON, or without a string `_id` and an integer `time`: written
+    by hand, or torn) is logged and dropped, so that it cannot hold up the hits after it."""
+    records = []
+    loads = orjson.loads
+    for line in lines:
+        try:
+            hit = loads(line)
+        except orjson.JSONDecodeError:
+            log.error("dropping a spool line that is not JSON: %r", line[:200])
+            continue
+        if type(hit) is not dict or type(hit.get("_id")) is not str or type(hit.get("time")) is not int:
+            log.error("dropping a spool line that is not a hit: %r", line[:200])
+            continue
+        records.append(hit)
+    return records
 
 
 def read_status(folder: Path) -> dict:

@@ -6,7 +6,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import orjson
 import pytest
 
 from mongol.enrich import Enricher, scrub
@@ -124,11 +123,10 @@ def test_drop_bots_needs_the_user_agent_read(tmp_path):
     assert result.returncode == 2 and "--drop-bots" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_without_enrichment_lines_pass_untouched_but_a_spooled_full_address_goes():
-    plain = [b'{"_id":"a","site":"s","_ip":"1.2.3.0"}', b'{"_id":"b","site":"s"}']
-    assert scrub(plain) is plain
-    [line] = scrub([b'{"_id":"c","_ip":"1.2.3.0","_geo_ip":"1.2.3.4"}'])
-    assert orjson.loads(line) == {"_id": "c", "_ip": "1.2.3.0"}
+def test_without_enrichment_hits_pass_untouched_but_a_spooled_full_address_goes():
+    plain = [{"_id": "a", "site": "s", "_ip": "1.2.3.0"}, {"_id": "b", "site": "s"}]
+    assert scrub([dict(h) for h in plain]) == plain
+    assert scrub([{"_id": "c", "_ip": "1.2.3.0", "_geo_ip": "1.2.3.4"}]) == [{"_id": "c", "_ip": "1.2.3.0"}]
 
 
 ODD_LINES = [
@@ -143,17 +141,20 @@ ODD_LINES = [
 
 
 @pytest.mark.parametrize("drop_bots", [False, True])
-def test_lines_read_as_bytes_come_out_as_if_decoded(geoip, drop_bots):
-    """The writer reads the User-Agent from the line's bytes; the result is what decoding gives."""
+def test_odd_hits_get_their_fields(geoip, drop_bots):
+    """Agents and places from the caches, whatever the values hold; `_geo_ip` always goes."""
     enricher = Enricher(Tracking(geoip=geoip, drop_bots=drop_bots))
-    lines = [orjson.dumps(hit) for hit in ODD_LINES] + [b"[1]", b"not json", b'{"_ua":"x"']
-    decoded = [line for line in (enricher._slow(line) for line in lines) if line is not None]
-    assert [orjson.loads(line) for line in enricher(lines)] == [orjson.loads(line) for line in decoded]
-    got = {hit["_id"]: hit for hit in map(orjson.loads, decoded)}
+    got = {hit["_id"]: hit for hit in enricher([dict(hit) for hit in ODD_LINES])}
     assert (got["1"]["_city"], got["1"]["_browser"], got["2"]["_country"], got["7"]["_city"]) == (
         "Berlin", "Mobile Safari", "JP", "Berlin")
     assert "5" not in got if drop_bots else got["5"]["_bot"] is True
     assert not [hit for hit in got.values() if "_geo_ip" in hit]
+    assert got["3"]["x"] == '"_ua":"fake' and got["7"]["tags"] == ["_ua", '"_geo_ip":"x']
+    assert {k: got["6"][k] for k in ("_browser", "_os", "_device")} == {"_browser": "Other", "_os": "Other",
+                                                                         "_device": "Other"}
+    assert enricher.dropped == (1 if drop_bots else 0)
+    again = enricher([dict(hit) for hit in ODD_LINES])  # from the caches: the same
+    assert {hit["_id"]: hit for hit in again} == got
 
 
 def test_example_reports_read_the_new_fields(serve, store, store_uri, geoip, tmp_path):

@@ -232,14 +232,14 @@ TRICKY = [
 ]
 
 
-@pytest.mark.parametrize("way", ["python", "sql"])
-def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tmp_path, monkeypatch, way):
-    """A batch of new hits is decoded by orjson and inserted row by row; a batch holding a replay goes
-    through one JSON statement. All must give the rows and hourly keys of that statement, and a purge (which reads the
-    keys back from the stored docs in SQL) must find every key the insert made."""
+@pytest.mark.parametrize("way", ["insert_records", "insert_lines", "insert_many"])
+def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tmp_path, way):
+    """A batch of new hits is turned into rows in Python (stores/sqlite_rows.py) and inserted row by
+    row; a batch holding a replay, or a malformed line, goes through one JSON statement. Both must
+    give the same rows and hourly keys, and a purge (which reads the keys back from the stored docs
+    in SQL) must find every key the insert made."""
     from mongol.journal import encode
     from mongol.stores import sqlite as sqlite_store
-    from mongol.stores import sqlite_rows
 
     hits = []
     for n, extra in enumerate(TRICKY * 3):
@@ -250,9 +250,9 @@ def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tm
         hits.append(hit)
     lines = [encode(h).rstrip(b"\n") for h in hits]
 
-    def table(name: str) -> tuple:
+    def table(name: str, insert) -> tuple:
         store = open_store(f"sqlite://{tmp_path}/{name}.db")
-        assert store.insert_lines(list(lines)) == len(hits)
+        assert insert(store) == len(hits)
         db = store._db
         got = ([(i, t, s, orjson_loads(d)) for i, t, s, d in db.execute("SELECT id, time, site, doc FROM hits "
                                                                          "ORDER BY id")],
@@ -262,11 +262,13 @@ def test_sqlite_batches_decoded_in_python_store_what_the_sql_statement_stores(tm
         store.close()
         return got
 
-    if way == "sql":
-        monkeypatch.setattr(sqlite_rows, "rows", lambda lines: None)
-    mine = table(way)
-    monkeypatch.setattr(sqlite_rows, "rows", lambda lines: None)
-    assert mine == table("reference")
+    inserts = {
+        "insert_records": lambda store: store.insert_records([orjson_loads(line) for line in lines]),
+        "insert_lines": lambda store: store.insert_lines(list(lines)),
+        "insert_many": lambda store: store.insert_many([{**h, "time": sqlite_store.from_us(h["time"])} for h in hits]),
+    }
+    mine = table(way, inserts[way])
+    assert mine == table("reference", lambda store: store._insert_json(list(lines)))
     assert len(mine[1]) == len(hits)  # one hour each
 
 

@@ -57,3 +57,21 @@ def test_a_caught_up_writer_waits_out_its_interval_and_a_full_batch_goes_on_at_o
     assert len(waits_after_hits) == 3 and all(0 < value <= 0.5 for value in waits_after_hits)
     assert store.count() == 32
     store.close()
+
+
+def test_lines_that_are_no_hits_are_dropped_with_a_log_line_and_hold_up_nothing(tmp_path, caplog):
+    journal = Journal(tmp_path / "spool")
+    good = [{"_id": new_id(0), "time": 1_796_000_000_000_000 + n, "site": "a.org", "url": f"/{n}"} for n in range(4)]
+    bad = [b"not json", b"[1, 2]", b'{"site": "no id or time"}', b'{"_id": "x", "time": "noon"}',
+           b'{"_id": 5, "time": 1}', b'{"_id": "torn", "ti']
+    for line in [orjson.dumps(hit) for hit in good] + bad:  # torn: a line a crash cut short, then a new one
+        journal.append(line + b"\n")
+    journal.close()
+    store = open_store(f"sqlite://{tmp_path}/hits.db")
+    writer = Writer(store, Spool(tmp_path / "spool"), batch_size=100)
+    assert writer.step() and not writer.step()
+    assert sorted(h["url"] for h in store.hits()) == ["/0", "/1", "/2", "/3"]
+    dropped = [r.getMessage() for r in caplog.records if r.name == "mongol.writer" and "dropping" in r.getMessage()]
+    assert len(dropped) == len(bad)
+    assert writer.spool.backlog_bytes() == 0
+    store.close()

@@ -29,9 +29,13 @@ class Store(Protocol):
     def insert_many(self, hits: list[Hit]) -> int:
         """Store a batch; a hit whose `_id` is already stored is skipped. Returns how many were new."""
 
+    def insert_records(self, records: list[Hit]) -> int:
+        """Store a batch of journal records (hits whose `_id` is a string and `time` integer microseconds
+        since the epoch, UTC: spool lines decoded), skipping ids already stored; the store may change
+        the dicts. Returns how many were new."""
+
     def insert_lines(self, lines: list[bytes]) -> int:
-        """Store a batch of journal lines (JSON hits whose `time` is integer microseconds since the
-        epoch, UTC), skipping ids already stored. Returns how many were new."""
+        """insert_records for journal lines not decoded yet."""
 
     def hits(self, start: datetime | None = None, end: datetime | None = None,
              site: str | None = None) -> Iterator[Hit]:

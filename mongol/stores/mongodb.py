@@ -95,13 +95,13 @@ class MongoStore:
         self._db[CHANGED].bulk_write([UpdateOne({"site": site, "hour": hour}, {"$max": {"seq": seq}}, upsert=True)
                                       for site, hour in hours], ordered=False)
 
-    def insert_lines(self, lines: list[bytes]) -> int:
-        hits = []
-        for line in lines:
-            hit = orjson.loads(line)
+    def insert_records(self, records: list[Hit]) -> int:
+        for hit in records:
             hit["time"] = EPOCH + timedelta(microseconds=hit["time"])
-            hits.append(hit)
-        return self.insert_many(hits)
+        return self.insert_many(records)
+
+    def insert_lines(self, lines: list[bytes]) -> int:
+        return self.insert_records([orjson.loads(line) for line in lines])
 
     @staticmethod
     def _filter(start: datetime | None, end: datetime | None, site: str | None) -> dict:

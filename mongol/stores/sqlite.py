@@ -195,11 +195,54 @@ class SQLiteStore(StandardDays):
             raise StoreError(f"the SQLite store {self.path} is not usable: {exc}") from exc
 
     def insert_many(self, hits: list[Hit]) -> int:
-        return self.insert_lines([orjson.dumps({**hit, "time": to_us(hit["time"])}) for hit in hits])
+        return self.insert_records([{**hit, "time": to_us(hit["time"])} for hit in hits])
 
     def insert_lines(self, lines: list[bytes]) -> int:
-        # One stat per batch: a file removed or replaced under us would take the batch into a file
-        # nobody can open any more.
+        try:
+            records = [orjson.loads(line) for line in lines]
+        except orjson.JSONDecodeError:
+            records = None  # the SQL statement says which line is malformed
+        if records is None or not sqlite_rows.are_records(records):
+            return self._insert_json(lines)
+        return self.insert_records(records)
+
+    def insert_records(self, records: list[Hit]) -> int:
+        self._check_file()
+        rows, sums = sqlite_rows.rows(records)
+        with self._transaction():
+            # One plain row each: SQLite parses no JSON on this path. INSERT OR IGNORE says only how
+            # many rows went in; when some were there already (a segment read again after a crash),
+            # the batch takes the JSON statement, which says which.
+            self._db.execute("SAVEPOINT batch")
+            if self._db.executemany(INSERT_ROWS, rows).rowcount == len(rows):
+                self._db.execute("RELEASE batch")
+                self._add_hourly(sums)
+                return len(rows)
+            self._db.execute("ROLLBACK TO batch")
+            self._db.execute("RELEASE batch")
+            return self._insert_payload(sqlite_rows.lines(rows))
+
+    def _insert_json(self, lines: list[bytes]) -> int:
+        self._check_file()
+        with self._transaction():
+            return self._insert_payload(lines)
+
+    def _insert_payload(self, lines: list[bytes]) -> int:
+        # The whole batch is one JSON array bound to one statement, which says which hits it inserted.
+        payload = (b"[" + b",".join(lines) + b"]").decode("utf-8", "replace")
+        sums = _by_hour(self._db.execute(INSERT_RECORDS, (payload,)))
+        self._add_hourly(sums)
+        return sum(hits for _, hits in sums.values())
+
+    def _add_hourly(self, sums: dict[tuple, list]) -> None:
+        self._db.executemany(ADD_HOURLY, [(*key, views, hits) for key, (views, hits) in sums.items()])
+        if sums:
+            seq = self._db.execute("UPDATE change_seq SET seq = seq + 1 RETURNING seq").fetchone()[0]
+            self._db.executemany(MARK_CHANGED, [(site, hour, seq) for hour, site in {k[:2] for k in sums}])
+
+    def _check_file(self) -> None:
+        """One stat per batch: a file removed or replaced under us would take the batch into a file
+        nobody can open any more."""
         try:
             moved = _inode(self.path) != self._inode
         except FileNotFoundError:
@@ -207,29 +250,6 @@ class SQLiteStore(StandardDays):
         if moved:
             raise StoreMoved(f"the SQLite file {self.path} was removed or replaced while mongol-serve had it open; "
                              "opening it again")
-        rows = sqlite_rows.rows(lines)
-        with self._transaction():
-            if rows is not None:
-                # Decoded here (orjson), one plain row each: SQLite parses no JSON on this path. INSERT OR
-                # IGNORE says only how many rows went in; when some were there already (a segment read
-                # again after a crash), the batch takes the statement below, which says which.
-                self._db.execute("SAVEPOINT batch")
-                if self._db.executemany(INSERT_ROWS, rows[0]).rowcount == len(rows[0]):
-                    self._db.execute("RELEASE batch")
-                    sums = rows[1]
-                else:
-                    self._db.execute("ROLLBACK TO batch")
-                    self._db.execute("RELEASE batch")
-                    rows = None
-            if rows is None:
-                # The whole batch is one JSON array bound to one statement, which says which hits it inserted.
-                payload = (b"[" + b",".join(lines) + b"]").decode("utf-8", "replace")
-                sums = _by_hour(self._db.execute(INSERT_RECORDS, (payload,)))
-            self._db.executemany(ADD_HOURLY, [(*key, views, hits) for key, (views, hits) in sums.items()])
-            if sums:
-                seq = self._db.execute("UPDATE change_seq SET seq = seq + 1 RETURNING seq").fetchone()[0]
-                self._db.executemany(MARK_CHANGED, [(site, hour, seq) for hour, site in {k[:2] for k in sums}])
-        return sum(hits for _, hits in sums.values())
 
     def _where(self, start: datetime | None, end: datetime | None, site: str | None) -> tuple[str, list]:
         clauses, args = [], []
