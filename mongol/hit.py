@@ -53,6 +53,7 @@ class URITooLong(RequestError):
 
 _PROCESS = ""
 _COUNTER = itertools.count()
+_ID_SECOND: list = [-1, ""]  # the last second an id was made in, and the first 18 digits of its ids
 
 
 def _new_process() -> None:
@@ -60,6 +61,7 @@ def _new_process() -> None:
     global _PROCESS, _COUNTER
     _PROCESS = os.urandom(5).hex()
     _COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
+    _ID_SECOND[:] = -1, ""
 
 
 _new_process()
@@ -68,7 +70,10 @@ os.register_at_fork(after_in_child=_new_process)
 
 def new_id(now: float) -> str:
     """A unique id shaped like a MongoDB ObjectId (seconds, process random, counter), as 24 hex digits."""
-    return f"{int(now) & 0xFFFFFFFF:08x}{_PROCESS}{next(_COUNTER) & 0xFFFFFF:06x}"
+    second = int(now) & 0xFFFFFFFF
+    if second != _ID_SECOND[0]:
+        _ID_SECOND[:] = second, f"{second:08x}{_PROCESS}"
+    return f"{_ID_SECOND[1]}{next(_COUNTER) & 0xFFFFFF:06x}"
 
 
 def _text(raw: str) -> str:

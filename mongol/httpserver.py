@@ -78,6 +78,11 @@ class WSGIServer(StreamServer):
     what is left.
     """
 
+    # One connection per wake-up: the processes sharing a listening socket are all woken by a new
+    # connection, and the first would otherwise take a whole burst of them (gevent's default is 100),
+    # leaving the other cores idle while it serves every connection of a busy client alone.
+    max_accept = 1
+
     def __init__(self, listener: Any, application: Callable, *, max_request_line: int = 8192,
                  max_header_bytes: int = 16384, max_headers: int = 100, max_body: int = 1_048_576,
                  keepalive_timeout: float = 75.0, header_timeout: float = 20.0, body_timeout: float = 20.0,

@@ -330,10 +330,16 @@ class Spool:
             end = data.rfind(b"\n") + 1
             if not end:
                 continue
-            chunk = data[:end].split(b"\n")[:-1]
-            take = chunk[:max_lines - len(lines)]
-            lines.extend(take)
-            marks.append((segment, segment.offset + sum(len(line) + 1 for line in take), len(take)))
+            chunk = data[:end].split(b"\n")
+            chunk.pop()  # the empty piece after the last newline
+            room = max_lines - len(lines)
+            if len(chunk) <= room:
+                lines.extend(chunk)
+                marks.append((segment, segment.offset + end, len(chunk)))
+            else:
+                take = chunk[:room]
+                lines.extend(take)
+                marks.append((segment, segment.offset + sum(len(line) + 1 for line in take), len(take)))
         return lines, marks
 
     def commit(self, marks: list[tuple[Segment, int, int]]) -> None:

@@ -47,7 +47,7 @@ class Settings:
     spool: Path
     workers: int
     trusted: tuple = ()
-    batch_size: int = 2000
+    batch_size: int = 5000
     flush_interval: float = 0.1
     max_pending: int = 0  # hits held in memory while the spool's disk refuses (0: answer 503)
     access_log: bool = False

@@ -30,7 +30,7 @@ STATUS_EVERY = 0.5
 
 
 class Writer:
-    def __init__(self, store: Store | None, spool: Spool, *, batch_size: int = 2000, interval: float = 0.1,
+    def __init__(self, store: Store | None, spool: Spool, *, batch_size: int = 5000, interval: float = 0.1,
                  metrics: Any = None, enrich: Callable[[list[dict]], list[dict]] | None = None,
                  connect: Callable[[], Store] | None = None, description: str = "the store",
                  failing: str | None = None) -> None:

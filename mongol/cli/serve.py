@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{os.cpu_count()}); 0 only drains the spool")
     parser.add_argument("--trusted-proxy", metavar="CIDR", action="append", default=[],
                         help="a proxy (address or CIDR block) whose X-Forwarded-For names the client; repeatable")
-    parser.add_argument("--batch-size", type=int, default=2000, metavar="N",
-                        help="hits stored per insert at most (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=5000, metavar="N",
+                        help="hits stored per insert at most (default 5000)")
     parser.add_argument("--flush-interval", type=float, default=0.1, metavar="SECONDS",
                         help="how often the writer looks for new hits when idle (default 0.1)")
     parser.add_argument("--max-held", type=int, default=0, metavar="N",
