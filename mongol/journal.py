@@ -167,7 +167,7 @@ class Recorder:
         self._next_check = 0.0
 
     def __call__(self, hit: Hit) -> bool:
-        line = encode(hit)
+        line = orjson.dumps(hit, option=orjson.OPT_APPEND_NEWLINE)  # encode(), inline: this runs for every hit
         now = time.monotonic()
         if now >= self._next_check:  # about once a second: rotate, and retry what the disk refused
             self._next_check = now + 1.0
@@ -179,7 +179,8 @@ class Recorder:
                 self._refused(exc)
             else:
                 self.spooled += 1
-                self._recovered()
+                if self.failing:
+                    self._recovered()
                 return True
         if len(self.pending) >= self.max_pending:
             return False

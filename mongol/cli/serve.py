@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=5000, metavar="N",
                         help="hits stored per insert at most (default 5000)")
     parser.add_argument("--flush-interval", type=float, default=0.1, metavar="SECONDS",
-                        help="how often the writer looks for new hits when idle (default 0.1)")
+                        help="how often the writer stores new hits (default 0.1)")
     parser.add_argument("--max-held", type=int, default=0, metavar="N",
                         help="hits a worker may answer and hold in memory while the spool's disk refuses them "
                              "(default 0: the pixel answers 503 instead, so every answered hit is on disk)")

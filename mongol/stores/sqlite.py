@@ -152,6 +152,7 @@ class SQLiteStore(StandardDays):
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA cache_size = -16384")  # 16 MiB: the indexes' hot pages stay in memory
             self._db.executescript(SCHEMA)
             if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 self._migrate()
