@@ -2,7 +2,7 @@
 
 Run from a clone, with the Python of the virtualenv where Mongol is installed (`pip install -e .`)::
 
-    python bench/pixel.py [--duration 10] [--connections 50] [--rounds 2]
+    python bench/pixel.py [--duration 10] [--connections 50] [--rounds 3]
 
 Both servers listen on 127.0.0.1 in a temporary folder (nginx with its own prefix and one process,
 mongol-serve with a fresh SQLite store). Each round drives nginx, then mongol, with
@@ -11,7 +11,7 @@ mongol-serve with a fresh SQLite store). Each round drives nginx, then mongol, w
 run; /proc/PID/stat already sums every thread of a process. After the last round mongol-serve gets
 SIGTERM, and the hits in its store are compared with the requests wrk saw answered 200.
 
-The figure the project tracks is mongol's CPU per request over nginx's (target <= 3.0): CPU per
+The figure the project tracks is mongol's CPU per request over nginx's (target <= 4.5, goal 3.0): CPU per
 request, unlike req/s, hardly depends on wrk sharing the cores. Exit status: 0 when the benchmark
 ran and every answered hit reached the store, 1 otherwise, 130 on Ctrl-C.
 """
@@ -43,7 +43,8 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 INSTALL_HINT = "sudo apt-get install -y wrk nginx-light"
-TARGET_RATIO = 3.0
+TARGET_RATIO = 4.5
+GOAL_RATIO = 3.0
 T = TypeVar("T")
 
 NGINX_CONF = """\
@@ -472,7 +473,8 @@ def benchmark(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     print("\n".join(lines))
     print()
     print(f"CPU per request, mongol/nginx: {ratio:.1f} "
-          f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'not met'})")
+          f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'not met'}; "
+          f"goal {GOAL_RATIO}: {'met' if ratio <= GOAL_RATIO else 'not met'})")
     print(f"store:    {'OK' if ok else 'FAILED'}: {verdict}")
     print(f"mongol-serve: exit status {status}, its log says "
           f"{logged.group(1) + ' hits stored' if logged else 'nothing about stopping'}")
@@ -495,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=positive, default=10, help="seconds per measured run (default 10)")
     parser.add_argument("--connections", type=positive, default=50, help="wrk keep-alive connections (default 50)")
-    parser.add_argument("--rounds", type=positive, default=2, help="rounds of nginx then mongol (default 2)")
+    parser.add_argument("--rounds", type=positive, default=3, help="rounds of nginx then mongol (default 3)")
     return parser
 
 
