@@ -35,6 +35,7 @@ def rows(hits: list[dict]) -> tuple[list[tuple], dict[tuple, list]]:
     [views, hits]."""
     out = []
     sums: dict[tuple, list] = {}
+    pages: dict[tuple, tuple[str, str]] = {}
     dumps = orjson.dumps
     for hit in hits:
         hit_id = hit.pop("_id")
@@ -42,9 +43,14 @@ def rows(hits: list[dict]) -> tuple[list[tuple], dict[tuple, list]]:
         site = hit.get("site")
         if type(site) is not str:
             site = None
-        url, title = hit.get("url", _NONE), hit.get("title", _NONE)
-        key = (us - us % HOUR_US, site or "", "" if url is _NONE else dumps(url).decode(),
-               "" if title is _NONE else dumps(title).decode())
+        page = url, title = hit.get("url", _NONE), hit.get("title", _NONE)
+        if (type(url) is str or url is _NONE) and (type(title) is str or title is _NONE):
+            texts = pages.get(page)  # the same few pages make most of a batch
+            if texts is None:
+                texts = pages[page] = _texts(page)
+        else:  # a list, a number (1 and True are equal keys, with other texts)...
+            texts = _texts(page)
+        key = (us - us % HOUR_US, site or "", *texts)
         views = hit.get("pageviews")
         if type(views) is not int:
             views = number(views)
@@ -56,6 +62,11 @@ def rows(hits: list[dict]) -> tuple[list[tuple], dict[tuple, list]]:
             entry[0] += views
             entry[1] += 1
     return out, sums
+
+
+def _texts(page: tuple) -> tuple[str, str]:
+    """The key's url and title texts for a hit's url and title (_NONE when absent)."""
+    return tuple("" if value is _NONE else orjson.dumps(value).decode() for value in page)  # type: ignore[return-value]
 
 
 def lines(rows: list[tuple]) -> list[bytes]:
