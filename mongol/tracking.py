@@ -273,7 +273,11 @@ class Tracker:
             self._visitor(hit, hit["_ip"] + "\x00" + hit["_ua"])
         if opted_out or not options.full_ip:
             ip = hit["_ip"]
-            hidden = anonymise_ip(ip)
+            if ":" not in ip:  # anonymise_ip() of an IPv4 address, inline
+                head, dot, _ = ip.rpartition(".")
+                hidden = head + ".0" if dot else ip
+            else:
+                hidden = anonymise_ip(ip)
             if hidden != ip:
                 hit["_ip"] = hidden
                 if options.geoip is not None:
