@@ -475,6 +475,11 @@ def benchmark(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     print(f"CPU per request, mongol/nginx: {ratio:.1f} "
           f"(target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'not met'}; "
           f"goal {GOAL_RATIO}: {'met' if ratio <= GOAL_RATIO else 'not met'})")
+    # Each round's mongol over the nginx run just before it: a drift in the machine's speed (a shared
+    # machine's neighbours) moves both alike, so these say the same more steadily than the medians.
+    per_round = [m.cpu_us_per_request / n.cpu_us_per_request for n, m in zip(runs[::2], runs[1::2], strict=True)]
+    print(f"          each round: {', '.join(f'{r:.1f}' for r in per_round)}; "
+          f"median {statistics.median(per_round):.1f}")
     print(f"store:    {'OK' if ok else 'FAILED'}: {verdict}")
     print(f"mongol-serve: exit status {status}, its log says "
           f"{logged.group(1) + ' hits stored' if logged else 'nothing about stopping'}")
