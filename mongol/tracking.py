@@ -236,53 +236,48 @@ class Tracker:
             if identity and (identity.get("uid") or identity.get("cid")):
                 key = "\x01uid\x00" + identity["uid"] if identity.get("uid") else "\x01cid\x00" + identity["cid"]
             elif options.cookie and not server:
-                visitor = _cookie(environ.get("HTTP_COOKIE", ""))
-                if visitor is None:
-                    visitor = secrets.token_hex(16)
-                    set_cookie = f"{COOKIE_NAME}={visitor}; {COOKIE_ATTRIBUTES}"
-                hit["_visitor"] = visitor
+                set_cookie = self._cookie_visitor(hit, environ)
             else:
                 key = hit["_ip"] + "\x00" + hit["_ua"]
             if key is not None:
                 self._visitor(hit, key)
-        if opted_out or not options.full_ip:
+        self._hide_ip(hit, opted_out)
+        return hit, set_cookie
+
+    def _page_hit(self, hit: Hit, environ: dict) -> tuple[Hit | None, str | None]:
+        """make() for a pixel request, the common case: without the Measurement Protocol's names."""
+        opted_out = environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"
+        set_cookie = None
+        if opted_out:
+            if self.options.dnt == "skip":
+                return None, None
+        elif self.options.cookie:
+            set_cookie = self._cookie_visitor(hit, environ)
+        else:
+            self._visitor(hit, hit["_ip"] + "\x00" + hit["_ua"])
+        self._hide_ip(hit, opted_out)
+        return hit, set_cookie
+
+    def _cookie_visitor(self, hit: Hit, environ: dict) -> str | None:
+        """`_visitor` from the request's cookie, or a new one; the Set-Cookie value for a new one."""
+        visitor = _cookie(environ.get("HTTP_COOKIE", ""))
+        set_cookie = None
+        if visitor is None:
+            visitor = secrets.token_hex(16)
+            set_cookie = f"{COOKIE_NAME}={visitor}; {COOKIE_ATTRIBUTES}"
+        hit["_visitor"] = visitor
+        return set_cookie
+
+    def _hide_ip(self, hit: Hit, opted_out: bool) -> None:
+        """The address anonymised (unless full_ip, for a visitor who did not opt out); the full one
+        goes to the writer's GeoIP lookup as `_geo_ip`."""
+        if opted_out or not self.options.full_ip:
             ip = hit["_ip"]
             hidden = anonymise_ip(ip)
             if hidden != ip:
                 hit["_ip"] = hidden
-                if options.geoip is not None:
+                if self.options.geoip is not None:
                     hit["_geo_ip"] = ip
-        return hit, set_cookie
-
-    def _page_hit(self, hit: Hit, environ: dict) -> tuple[Hit | None, str | None]:
-        """make() for a pixel request, the common case: what make() does, without the Measurement
-        Protocol's names to look at."""
-        options = self.options
-        opted_out = environ.get("HTTP_DNT") == "1" or environ.get("HTTP_SEC_GPC") == "1"
-        set_cookie = None
-        if opted_out:
-            if options.dnt == "skip":
-                return None, None
-        elif options.cookie:
-            visitor = _cookie(environ.get("HTTP_COOKIE", ""))
-            if visitor is None:
-                visitor = secrets.token_hex(16)
-                set_cookie = f"{COOKIE_NAME}={visitor}; {COOKIE_ATTRIBUTES}"
-            hit["_visitor"] = visitor
-        else:
-            self._visitor(hit, hit["_ip"] + "\x00" + hit["_ua"])
-        if opted_out or not options.full_ip:
-            ip = hit["_ip"]
-            if ":" not in ip:  # anonymise_ip() of an IPv4 address, inline
-                head, dot, _ = ip.rpartition(".")
-                hidden = head + ".0" if dot else ip
-            else:
-                hidden = anonymise_ip(ip)
-            if hidden != ip:
-                hit["_ip"] = hidden
-                if options.geoip is not None:
-                    hit["_geo_ip"] = ip
-        return hit, set_cookie
 
     def _visitor(self, hit: Hit, key: str) -> None:
         """`_visitor`: the day's keyed hash of the site and `key` (nothing when the day has no salt)."""
