@@ -167,7 +167,7 @@ class Recorder:
         self._next_check = 0.0
 
     def __call__(self, hit: Hit) -> bool:
-        line = orjson.dumps(hit, option=orjson.OPT_APPEND_NEWLINE)  # encode(), inline: this runs for every hit
+        line = encode(hit)
         now = time.monotonic()
         if now >= self._next_check:  # about once a second: rotate, and retry what the disk refused
             self._next_check = now + 1.0
@@ -331,16 +331,14 @@ class Spool:
             end = data.rfind(b"\n") + 1
             if not end:
                 continue
-            chunk = data[:end].split(b"\n")
-            chunk.pop()  # the empty piece after the last newline
-            room = max_lines - len(lines)
-            if len(chunk) <= room:
-                lines.extend(chunk)
-                marks.append((segment, segment.offset + end, len(chunk)))
-            else:
-                take = chunk[:room]
-                lines.extend(take)
-                marks.append((segment, segment.offset + sum(len(line) + 1 for line in take), len(take)))
+            take = data[:end].split(b"\n")
+            take.pop()  # the empty piece after the last newline
+            used = end  # bytes of the lines taken: all of them, unless the batch is full first
+            if len(take) > max_lines - len(lines):
+                take = take[:max_lines - len(lines)]
+                used = sum(len(line) + 1 for line in take)
+            lines.extend(take)
+            marks.append((segment, segment.offset + used, len(take)))
         return lines, marks
 
     def commit(self, marks: list[tuple[Segment, int, int]]) -> None:

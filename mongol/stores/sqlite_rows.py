@@ -25,16 +25,11 @@ def number(value: object) -> float:
         return 0
 
 
-def are_records(hits: list) -> bool:
-    """Every item is a hit with a string `_id` and an integer `time`, as `rows` needs."""
-    return all(type(h) is dict and type(h.get("_id")) is str and type(h.get("time")) is int for h in hits)
-
-
-def rows(hits: list[dict]) -> tuple[list[tuple], dict[tuple, list]]:
-    """The `hits` rows of journal records (which lose `_id` and `time`), and their sums per hourly key:
-    [views, hits]."""
+def rows(hits: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """The `hits` rows of journal records (which lose `_id` and `time`), and for each row its hourly
+    key and pageviews."""
     out = []
-    sums: dict[tuple, list] = {}
+    keys = []
     pages: dict[tuple, tuple[str, str]] = {}
     dumps = orjson.dumps
     for hit in hits:
@@ -50,25 +45,27 @@ def rows(hits: list[dict]) -> tuple[list[tuple], dict[tuple, list]]:
                 texts = pages[page] = _texts(page)
         else:  # a list, a number (1 and True are equal keys, with other texts)...
             texts = _texts(page)
-        key = (us - us % HOUR_US, site or "", *texts)
         views = hit.get("pageviews")
         if type(views) is not int:
             views = number(views)
         out.append((hit_id, us, site, dumps(hit).decode()))
-        entry = sums.get(key)
+        keys.append(((us - us % HOUR_US, site or "", *texts), views))
+    return out, keys
+
+
+def sums(keys: list[tuple]) -> dict[tuple, list]:
+    """(hourly key, pageviews) pairs from `rows`, summed per key: [views, hits]."""
+    totals: dict[tuple, list] = {}
+    for key, views in keys:
+        entry = totals.get(key)
         if entry is None:
-            sums[key] = [views, 1]
+            totals[key] = [views, 1]
         else:
             entry[0] += views
             entry[1] += 1
-    return out, sums
+    return totals
 
 
 def _texts(page: tuple) -> tuple[str, str]:
     """The key's url and title texts for a hit's url and title (_NONE when absent)."""
     return tuple("" if value is _NONE else orjson.dumps(value).decode() for value in page)  # type: ignore[return-value]
-
-
-def lines(rows: list[tuple]) -> list[bytes]:
-    """Rows back as journal lines, for the JSON statement (a batch with replays: rare)."""
-    return [orjson.dumps({"_id": hit_id, "time": us, **orjson.loads(doc)}) for hit_id, us, _, doc in rows]
