@@ -194,6 +194,7 @@ class Responder:
         except OSError as exc:
             raise Gone from exc
         if n < len(data):
+            self.read_event.stop()  # httpserver's persistent read watcher must not wake this wait
             deadline = self.deadline
             self.deadline = get_hub().loop.now() + self.send_timeout
             self.waiting = 3  # httpserver's _WAIT_SEND
@@ -325,6 +326,7 @@ class Responder:
         """Answer `code` with a short text body, then close gracefully: stop writing, and drain what the
         client still sends for a moment, so that closing with unread bytes does not reset the
         connection before the client reads the answer."""
+        self.read_event.stop()  # gevent's recv below waits on it itself
         try:
             self.sendall(error_response(code, extra))
             self.raw.shutdown(socket.SHUT_WR)
