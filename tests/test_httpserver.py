@@ -115,6 +115,10 @@ def app(environ, start_response):
     if path == "/no-content":
         start_response("204 No Content", [])
         return []
+    if path == "/big":
+        body = b"x" * int(query)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/pixel-like":  # as mongol.app answers: HEAD gets the GET's headers and no body
         start_response("200 OK", [("Content-Type", "image/gif"), ("Content-Length", str(len(GIF)))])
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [GIF]
@@ -327,6 +331,32 @@ def test_pipelined_requests_are_answered_in_order(server):
         assert json.loads(last.body)["QUERY_STRING"] == "n=last"
         assert last.headers["connection"] == "close"
         assert at_eof(sock, f)
+
+
+def test_requests_arriving_while_a_response_waits_to_be_sent(server):
+    """Responses too big for the socket buffers make the server wait to send; requests that arrive
+    meanwhile are answered after them, in order, and the connection goes on serving."""
+    size = 2_000_000
+    with raw(server) as (sock, f):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no autotuning: 8 MB cannot fit
+        sock.sendall(request("/echo?n=first"))  # the server now waits for this connection between requests
+        assert json.loads(read_response(f).body)["QUERY_STRING"] == "n=first"
+        sock.sendall(b"".join(request(f"/big?{size + i}") for i in range(4)))
+        assert f.readline().startswith(b"HTTP/1.1 200")  # the server is sending, and the buffers are full
+        sock.sendall(b"".join(request(f"/big?{size + i}") for i in range(4, 8)) + request("/echo?n=after"))
+        # One answer on another connection: the server has seen those requests arrive (in the same turn
+        # of its loop at the latest) while it still waits to send, since this client reads nothing.
+        server.assert_alive()
+        rest = f.readline()
+        while (line := f.readline()) != b"\r\n":
+            rest += line
+        assert f.read(size) == b"x" * size
+        for i in range(1, 8):
+            response = read_response(f)
+            assert response.status == 200 and len(response.body) == size + i
+        assert json.loads(read_response(f).body)["QUERY_STRING"] == "n=after"
+        sock.sendall(request("/echo?n=again"))
+        assert json.loads(read_response(f).body)["QUERY_STRING"] == "n=again"
 
 
 def test_requests_split_across_many_sends(server):
