@@ -76,6 +76,9 @@ class WSGIServer(StreamServer):
     connections of this process. ``stop(timeout)`` stops accepting, closes idle keep-alive
     connections at once, lets requests in progress finish for up to `timeout` seconds, then kills
     what is left.
+
+    The application must not wait on gevent (Mongol's never do: the spool takes a plain ``write()``):
+    a connection's read watcher stays started while it runs, and would wake that wait.
     """
 
     # One connection per wake-up: the processes sharing a listening socket are all woken by a new
