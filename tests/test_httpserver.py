@@ -347,9 +347,8 @@ def test_requests_arriving_while_a_response_waits_to_be_sent(server):
         # One answer on another connection: the server has seen those requests arrive (in the same turn
         # of its loop at the latest) while it still waits to send, since this client reads nothing.
         server.assert_alive()
-        rest = f.readline()
-        while (line := f.readline()) != b"\r\n":
-            rest += line
+        while f.readline() != b"\r\n":  # the first response's headers (its status line was read above)
+            pass
         assert f.read(size) == b"x" * size
         for i in range(1, 8):
             response = read_response(f)
