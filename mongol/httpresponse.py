@@ -161,7 +161,7 @@ class Responder:
     Closing into a greenlet that waits for its client past the deadline."""
 
     __slots__ = ("chunked", "client", "deadline", "expected_length", "greenlet", "head", "headers", "keep_alive",
-                 "log", "raw", "read_event", "send_timeout", "sent", "sent_length", "sock", "status", "v11",
+                 "log", "out", "raw", "read_event", "send_timeout", "sent", "sent_length", "sock", "status", "v11",
                  "waiting", "write_event")
 
     def __init__(self, sock: socket.socket, client: str, log: logging.Logger, send_timeout: float) -> None:
@@ -184,9 +184,15 @@ class Responder:
         self.chunked = False
         self.expected_length = -1
         self.sent_length = 0
+        self.out = b""  # responses the server sends at the end of this turn of its loop (httpserver._flush)
 
     def sendall(self, data: bytes) -> None:
-        """Send `data`: one non-blocking send, and gevent's sendall for whatever did not fit."""
+        """Send `data` after the responses still waiting in `out`: one non-blocking send, and gevent's
+        sendall for whatever did not fit."""
+        if self.out:
+            data, self.out = self.out + data, b""
+        elif not data:
+            return
         try:
             n = self.raw.send(data)
         except BlockingIOError:

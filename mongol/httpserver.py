@@ -30,6 +30,7 @@ instead of failing in a loop. ``stop()`` closes idle keep-alive connections at o
 requests in progress finish.
 """
 
+import contextlib
 import errno
 import logging
 import resource
@@ -121,6 +122,8 @@ class WSGIServer(StreamServer):
         self._out_of_descriptors = False
         self._refused = 0
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL
+        self._outbox: list[Connection] = []  # connections with responses to send at the end of this loop turn
+        self._flush_due = False
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class WSGIServer(StreamServer):
         self._no_connections.clear()
         try:
             self._serve(conn)
+            conn.sendall(b"")  # what _flush has not sent yet, before the connection closes
         except HTTPError as exc:
             self.error_log.info("%s: %d %s: %s", client, exc.code, REASONS[exc.code], exc.detail)
             conn.answer_error(exc.code)
@@ -279,6 +283,9 @@ class WSGIServer(StreamServer):
                 conn.answer_error(exc.code)
             else:
                 self.error_log.debug("%s: connection closed: %s", client, exc)
+                if conn.out:  # stop() or a deadline while responses waited for _flush
+                    with contextlib.suppress(Gone, Closing, OSError):
+                        conn.sendall(b"")
         except (Gone, ConnectionError):
             pass  # the client went away
         except OSError as exc:
@@ -307,7 +314,6 @@ class WSGIServer(StreamServer):
         start_response = conn.start_response
         feed = conn.parser.feed_data
         ready = conn.ready
-        send = conn.raw.send
         sendall = conn.sendall
         max_head = self.max_request_line + self.max_header_bytes + 16
         conn.deadline = now() + self.header_timeout  # a new connection is for a request: no idle grace
@@ -329,6 +335,8 @@ class WSGIServer(StreamServer):
                     read_event.start(resume)
                 suspend()
                 conn.waiting = 0
+                if conn.out:  # woken by _flush: the rest of a response that did not fit the socket
+                    sendall(b"")
                 try:
                     data = recv(RECV_SIZE)
                 except BlockingIOError:
@@ -364,14 +372,16 @@ class WSGIServer(StreamServer):
                             raise TypeError(f"the application must return bytes, not {type(body).__name__}")
                         out = conn.whole_response(body)
                         conn.sent = True
-                        try:
-                            sent = send(out)
-                        except BlockingIOError:
-                            sent = 0
-                        except OSError as exc:
-                            raise Gone from exc
-                        if sent < len(out):
-                            sendall(out[sent:])
+                        # Sent by _flush once every connection ready in this turn of the loop has been
+                        # served: one burst of sends rather than one between each two requests.
+                        if conn.out:
+                            conn.out += out  # pipelined: after the responses before it
+                        else:
+                            conn.out = out
+                            self._outbox.append(conn)
+                            if not self._flush_due:
+                                self._flush_due = True
+                                self.loop.run_callback(self._flush)
                     else:
                         for block in result:
                             if block:
@@ -419,6 +429,32 @@ class WSGIServer(StreamServer):
                 if conn.expect:
                     conn.expect = False
                     sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _flush(self) -> None:
+        """Runs in the hub once per turn of the loop, after every connection that was ready has been
+        served (gevent runs callbacks just before it polls again): send each its responses. When
+        the client reads them slowly and they do not fit the socket, the connection's greenlet,
+        waiting for the next request, is woken to send the rest."""
+        self._flush_due = False
+        outbox = self._outbox[:]
+        self._outbox.clear()
+        for conn in outbox:
+            data = conn.out
+            if not data:
+                continue  # sent already: the greenlet had something else to send, or closed
+            try:
+                sent = conn.raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                conn.out = b""
+                continue  # the client is gone: the greenlet's next recv says so and closes
+            if sent == len(data):
+                conn.out = b""
+                continue
+            conn.out = data[sent:]
+            if conn.waiting and conn.read_event.active:
+                conn.greenlet.switch()  # it waits in _serve, which sends conn.out when woken
 
     # ---- rare paths -------------------------------------------------------------------------
 
