@@ -73,7 +73,7 @@ def new_id(now: float) -> str:
     second = int(now) & 0xFFFFFFFF
     if second != _ID_SECOND[0]:
         _ID_SECOND[:] = second, f"{second:08x}{_PROCESS}"
-    return f"{_ID_SECOND[1]}{next(_COUNTER) & 0xFFFFFF:06x}"
+    return "%s%06x" % (_ID_SECOND[1], next(_COUNTER) & 0xFFFFFF)  # noqa: UP031 - a third cheaper than f"{n:06x}"
 
 
 def _text(raw: str) -> str:

@@ -100,7 +100,6 @@ class Connection(Responder):
     def on_url(self, part: bytes) -> None:
         if self.phase == IDLE:
             self.phase = HEAD
-            self.began = self.now()
             self.environ = self.base.copy()
             self.url = part
         else:
@@ -181,7 +180,7 @@ class Connection(Responder):
             self.expect = v11
         self.request = (environ, parser.should_keep_alive(), method == "HEAD", v11)
         self.phase = BODY
-        self.began = self.now()
+        self.began = 0.0
 
     def check_limits(self) -> None:
         server = self.server
@@ -200,20 +199,20 @@ class Connection(Responder):
         if self.chunked_request:  # trailer fields count towards the limits too
             self.check_limits()
         environ = self.request[0]
-        if self.body:
+        if self.body:  # else wsgi.input is the template's _EMPTY_INPUT
             body = b"".join(self.body)
+            self.body = []
             environ["wsgi.input"] = BytesIO(body)
         else:
             body = b""
-            environ["wsgi.input"] = _EMPTY_INPUT
         if self.chunked_request:
             # The application sees the decoded body as if it had come with a Content-Length.
             environ["CONTENT_LENGTH"] = str(len(body))
             del environ["HTTP_TRANSFER_ENCODING"]
         self.ready.append(self.request)
-        self.body = []
         self.expect = self.chunked_request = False
         self.nheaders = self.header_bytes = self.body_size = self.head_bytes = 0
+        self.began = 0.0
         self.phase = IDLE
 
 

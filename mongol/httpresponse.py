@@ -161,8 +161,8 @@ class Responder:
     Closing into a greenlet that waits for its client past the deadline."""
 
     __slots__ = ("chunked", "client", "deadline", "expected_length", "greenlet", "head", "headers", "keep_alive",
-                 "log", "out", "raw", "read_event", "send_timeout", "sent", "sent_length", "sock", "status", "v11",
-                 "waiting", "write_event")
+                 "log", "out", "queued", "raw", "read_event", "send_timeout", "sent", "sent_length", "sock", "status",
+                 "v11", "waiting", "write_event")
 
     def __init__(self, sock: socket.socket, client: str, log: logging.Logger, send_timeout: float) -> None:
         self.sock = sock  # the gevent socket: its sendall waits cooperatively
@@ -185,6 +185,7 @@ class Responder:
         self.expected_length = -1
         self.sent_length = 0
         self.out = b""  # responses the server sends at the end of this turn of its loop (httpserver._flush)
+        self.queued = False  # in the server's list for that
 
     def sendall(self, data: bytes) -> None:
         """Send `data` after the responses still waiting in `out`: one non-blocking send, and gevent's

@@ -45,7 +45,7 @@ from gevent.hub import get_hub
 from gevent.server import StreamServer
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
-from mongol.httprequest import BODY, HEAD, HOST, IDLE, Connection
+from mongol.httprequest import _EMPTY_INPUT, BODY, HEAD, HOST, IDLE, Connection
 from mongol.httpresponse import (
     REASONS,
     RECV_SIZE,
@@ -147,6 +147,7 @@ class WSGIServer(StreamServer):
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,  # wsgi.input ends with the body (read whole beforehand)
+            "wsgi.input": _EMPTY_INPUT,  # a request with a body gets its own
             **self.extra_environ,
         }
 
@@ -374,10 +375,9 @@ class WSGIServer(StreamServer):
                         conn.sent = True
                         # Sent by _flush once every connection ready in this turn of the loop has been
                         # served: one burst of sends rather than one between each two requests.
-                        if conn.out:
-                            conn.out += out  # pipelined: after the responses before it
-                        else:
-                            conn.out = out
+                        conn.out = conn.out + out if conn.out else out  # pipelined: after the ones before it
+                        if not conn.queued:
+                            conn.queued = True
                             self._outbox.append(conn)
                             if not self._flush_due:
                                 self._flush_due = True
@@ -415,7 +415,11 @@ class WSGIServer(StreamServer):
                 return
 
             # ---- a request not complete yet: its deadline, its size, 100 Continue ----------------
+            # A phase's deadline counts from the end of the first feed that began it: no clock read for
+            # a request that arrives whole, which is nearly every one.
             phase = conn.phase
+            if phase != IDLE and not conn.began:
+                conn.began = now()
             if phase == HEAD:
                 conn.deadline = conn.began + self.header_timeout
                 # llhttp keeps a partial header line in memory: bound what one head may take.
@@ -439,6 +443,7 @@ class WSGIServer(StreamServer):
         outbox = self._outbox[:]
         self._outbox.clear()
         for conn in outbox:
+            conn.queued = False
             data = conn.out
             if not data:
                 continue  # sent already: the greenlet had something else to send, or closed
