@@ -8,7 +8,9 @@ with Transfer-Encoding are all refused). This module adds what a parser leaves t
 on the request target, headers and body; Host rules (RFC 9112 3.2: exactly one, a valid host; an
 absolute-form target's authority replaces it); deadlines; a cap on connections; and the WSGI environ,
 copied from a per-connection template (mongol.httprequest). Responses (mongol.httpresponse) go out
-with one ``send`` when the application returns a list.
+with one ``send`` when the application returns a list, all those of one turn of gevent's loop
+together at its end (``_flush``): on loopback a send wakes the client, and sends spread between
+requests woke it once per response.
 
 What it speaks: HTTP/1.0 and 1.1, keep-alive (1.1 by default, 1.0 on ``Connection: keep-alive``),
 pipelining, request bodies with Content-Length or ``Transfer-Encoding: chunked`` (read whole before

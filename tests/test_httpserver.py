@@ -333,6 +333,28 @@ def test_pipelined_requests_are_answered_in_order(server):
         assert at_eof(sock, f)
 
 
+def test_responses_waiting_for_the_end_of_the_turn_go_before_what_follows_them(server):
+    """Responses to a list wait for the end of the loop's turn; whatever the connection sends next
+    (a streamed response, an error answer, the close) goes after them, in order."""
+    with raw(server) as (sock, f):
+        sock.sendall(request("/echo?n=0") + request("/echo?n=1") + request("/stream?3") + request("/echo?n=2"))
+        for n in range(2):
+            assert json.loads(read_response(f).body)["QUERY_STRING"] == f"n={n}"
+        assert read_response(f).body == b"part 0;part 1;part 2;"
+        assert json.loads(read_response(f).body)["QUERY_STRING"] == "n=2"
+    with raw(server) as (sock, f):
+        sock.sendall(request("/echo?n=0") + request("/echo?n=1") + b"GARBAGE\r\n\r\n")
+        for n in range(2):
+            assert json.loads(read_response(f).body)["QUERY_STRING"] == f"n={n}"
+        assert read_response(f).status == 400
+        assert at_eof(sock, f)
+    with raw(server) as (sock, f):
+        sock.sendall(request("/echo?n=0") + request("/echo?n=1", headers="Connection: close\r\n"))
+        for n in range(2):
+            assert json.loads(read_response(f).body)["QUERY_STRING"] == f"n={n}"
+        assert at_eof(sock, f)
+
+
 def test_requests_arriving_while_a_response_waits_to_be_sent(server):
     """Responses too big for the socket buffers make the server wait to send; requests that arrive
     meanwhile are answered after them, in order, and the connection goes on serving."""
