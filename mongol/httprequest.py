@@ -44,7 +44,7 @@ class _EmptyInput:
         raise StopIteration
 
 
-_EMPTY_INPUT = _EmptyInput()
+EMPTY_INPUT = _EmptyInput()
 _OWS = (" ", "\t")
 
 
@@ -199,7 +199,7 @@ class Connection(Responder):
         if self.chunked_request:  # trailer fields count towards the limits too
             self.check_limits()
         environ = self.request[0]
-        if self.body:  # else wsgi.input is the template's _EMPTY_INPUT
+        if self.body:  # else wsgi.input is the template's EMPTY_INPUT
             body = b"".join(self.body)
             self.body = []
             environ["wsgi.input"] = BytesIO(body)

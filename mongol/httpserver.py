@@ -47,7 +47,7 @@ from gevent.hub import get_hub
 from gevent.server import StreamServer
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
-from mongol.httprequest import _EMPTY_INPUT, BODY, HEAD, HOST, IDLE, Connection
+from mongol.httprequest import BODY, EMPTY_INPUT, HEAD, HOST, IDLE, Connection
 from mongol.httpresponse import (
     REASONS,
     RECV_SIZE,
@@ -149,7 +149,7 @@ class WSGIServer(StreamServer):
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,  # wsgi.input ends with the body (read whole beforehand)
-            "wsgi.input": _EMPTY_INPUT,  # a request with a body gets its own
+            "wsgi.input": EMPTY_INPUT,  # a request with a body gets its own
             **self.extra_environ,
         }
 
