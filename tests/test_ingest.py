@@ -21,6 +21,7 @@ from mongol.ingest import BadLine, Ingest, environ_from_entry, is_pixel_hit, ope
 from mongol.location import default_spool
 from mongol.stores import open_store
 from mongol.tracking import Salts, Tracker, Tracking
+from mongol.writer import STATUS
 from tests.conftest import BIN, START_TIMEOUT, raw_request, stored, wait_until
 from tests.test_enrich import AGENTS
 
@@ -394,6 +395,9 @@ def send(port: int, count: int, site: str = "s") -> None:
 def test_sigterm_stores_what_is_spooled(store_uri, store, start_ingest, tmp_path):
     # the writer looks at the spool once, at start, then sleeps an hour: only the stop can store the hits
     ingester = start_ingest("--db", store_uri, "--spool", str(tmp_path / "spool"), "--flush-interval", "3600")
+    # The writer answers "ready" once the store is open, and looks at the spool a moment later:
+    # datagrams sent before that look would be stored by it. Its status file says it has looked.
+    wait_until(lambda: (tmp_path / "spool" / STATUS).exists(), 10, "the writer's first look at the spool")
     send(ingester.port, 200)
     wait_until(lambda: spooled_lines(tmp_path / "spool") == 200, 10, "200 spooled hits")
     assert store.count() == 0
