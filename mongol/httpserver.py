@@ -442,8 +442,7 @@ class WSGIServer(StreamServer):
         the client reads them slowly and they do not fit the socket, the connection's greenlet,
         waiting for the next request, is woken to send the rest."""
         self._flush_due = False
-        outbox = self._outbox[:]
-        self._outbox.clear()
+        outbox, self._outbox = self._outbox, []  # a greenlet woken below may queue for the next turn
         for conn in outbox:
             conn.queued = False
             data = conn.out
