@@ -172,7 +172,10 @@ class PixelApp:
         if metrics is None:
             return
         accepted = self.accepted + (self.server_hits.accepted if self.server_hits is not None else 0)
-        counts = {"accepted": accepted, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
+        withdrawn = getattr(self.record, "withdrawn", 0)  # taken, then refused by the disk before the answer
+        counts = {"accepted": accepted - withdrawn, **{f"rejected:{k}": v for k, v in self.rejected.items()}}
+        if withdrawn:
+            counts["rejected:busy"] = counts.get("rejected:busy", 0) + withdrawn
         if self.spool is not None:
             # Only the writer talks to the store: every serving process says what its status file says.
             from mongol.writer import read_status

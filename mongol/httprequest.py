@@ -77,6 +77,8 @@ class Connection(Responder):
         super().__init__(sock, client, server.error_log, server.keepalive_timeout)
         self.server = server
         self.base = base
+        if server.before_send is not None:
+            self.before_send = server._before_send
         self.keys = server._header_keys
         self.phase = IDLE
         self.ready: list[tuple] = []

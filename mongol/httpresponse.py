@@ -160,9 +160,9 @@ class Responder:
     once per connection. `deadline` and `waiting` are shared with the server's sweep, which throws
     Closing into a greenlet that waits for its client past the deadline."""
 
-    __slots__ = ("chunked", "client", "deadline", "expected_length", "greenlet", "head", "headers", "keep_alive",
-                 "log", "out", "queued", "raw", "read_event", "send_timeout", "sent", "sent_length", "sock", "status",
-                 "v11", "waiting", "write_event")
+    __slots__ = ("before_send", "chunked", "client", "deadline", "expected_length", "greenlet", "head", "headers",
+                 "keep_alive", "log", "out", "queued", "raw", "read_event", "send_timeout", "sent", "sent_length",
+                 "sock", "status", "v11", "waiting", "write_event")
 
     def __init__(self, sock: socket.socket, client: str, log: logging.Logger, send_timeout: float) -> None:
         self.sock = sock  # the gevent socket: its sendall waits cooperatively
@@ -186,14 +186,17 @@ class Responder:
         self.sent_length = 0
         self.out = b""  # responses the server sends at the end of this turn of its loop (httpserver._flush)
         self.queued = False  # in the server's list for that
+        self.before_send: Callable[[], bool] | None = None  # the server's check before answers leave
 
     def sendall(self, data: bytes) -> None:
         """Send `data` after the responses still waiting in `out`: one non-blocking send, and gevent's
-        sendall for whatever did not fit."""
+        sendall for whatever did not fit. Gone, sending nothing, when the server's `before_send` fails."""
         if self.out:
             data, self.out = self.out + data, b""
         elif not data:
             return
+        if self.before_send is not None and not self.before_send():
+            raise Gone("the answers' hits could not be spooled")
         try:
             n = self.raw.send(data)
         except BlockingIOError:

@@ -78,7 +78,10 @@ class WSGIServer(StreamServer):
     `max_connections` (default: what the descriptor limit allows, at most 10000) caps the open
     connections of this process. ``stop(timeout)`` stops accepting, closes idle keep-alive
     connections at once, lets requests in progress finish for up to `timeout` seconds, then kills
-    what is left.
+    what is left. `before_send`, when given, is called before any answer leaves the process (once
+    per turn of the loop for the queued ones, and before each other send); it returns False when what
+    the waiting answers promise cannot be kept (mongol.journal.Recorder.flush: the spool refused their
+    hits), and then none of them is sent: their connections are closed.
 
     The application must not wait on gevent (Mongol's never do: the spool takes a plain ``write()``):
     a connection's read watcher stays started while it runs, and would wake that wait.
@@ -93,7 +96,7 @@ class WSGIServer(StreamServer):
                  max_header_bytes: int = 16384, max_headers: int = 100, max_body: int = 1_048_576,
                  keepalive_timeout: float = 75.0, header_timeout: float = 20.0, body_timeout: float = 20.0,
                  max_connections: int | None = None, error_log: logging.Logger | None = None,
-                 environ: dict | None = None) -> None:
+                 environ: dict | None = None, before_send: Callable[[], bool] | None = None) -> None:
         super().__init__(listener)
         self.application = application
         self.max_request_line = max_request_line
@@ -126,6 +129,7 @@ class WSGIServer(StreamServer):
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL
         self._outbox: list[Connection] = []  # connections with responses to send at the end of this loop turn
         self._flush_due = False
+        self.before_send = before_send
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -442,6 +446,8 @@ class WSGIServer(StreamServer):
         the client reads them slowly and they do not fit the socket, the connection's greenlet,
         waiting for the next request, is woken to send the rest."""
         self._flush_due = False
+        if self.before_send is not None and not self._before_send():
+            return
         outbox, self._outbox = self._outbox, []  # a greenlet woken below may queue for the next turn
         for conn in outbox:
             conn.queued = False
@@ -461,6 +467,23 @@ class WSGIServer(StreamServer):
             conn.out = data[sent:]
             if conn.waiting and conn.read_event.active:
                 conn.greenlet.switch()  # it waits in _serve, which sends conn.out when woken
+
+    def _before_send(self) -> bool:
+        """Call `before_send`, which makes good what the answers queued so far promise (the spool
+        lines of their hits), before any of them leaves. When it cannot, none may leave: each
+        connection with answers waiting is closed without them (the client may try again), and False
+        tells the caller (Responder.sendall) to close its own."""
+        if self.before_send():  # type: ignore[misc]
+            return True
+        outbox, self._outbox = self._outbox, []
+        for conn in outbox:
+            conn.queued = False
+            if conn.out:
+                conn.out = b""
+                with contextlib.suppress(OSError):
+                    conn.raw.shutdown(socket.SHUT_RDWR)  # wakes its greenlet, whose recv then ends it
+        self.error_log.debug("answers withheld on %d connection(s): before_send failed", len(outbox))
+        return False
 
     # ---- rare paths -------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The spool: hits appended to files on disk before the pixel answers, drained into the store later.
 
-Each serving process appends one JSON line per hit to its own segment file, with one `write()`
-per hit, before the response goes out: once a client has its GIF, the hit is in
+Each serving process appends one JSON line per hit to its own segment file before the response
+goes out (one `write()` per hit, or, in mongol-serve, one for the hits of each turn of its loop,
+just before that turn's answers are sent): once a client has its GIF, the hit is in
 the kernel's page cache and survives a crash of any Mongol process (not a power loss, unless
 `fsync` is asked for). The process holds an exclusive `flock` on its open segment and starts a new
 one every ROTATE_SECONDS or ROTATE_BYTES; a segment nobody holds is closed (the lock goes with its
@@ -156,22 +157,34 @@ class Recorder:
     taken (the pixel answers 503), so an answered hit is always on disk. While the disk refuses
     (full, read-only), up to `max_pending` hits may be held in memory and retried instead: they
     are answered but live in this process only (a `kill -9` loses them), which is why mongol-serve
-    holds none by default; mongol-ingest, whose datagrams get no answer, holds them."""
+    holds none by default; mongol-ingest, whose datagrams get no answer, holds them.
 
-    def __init__(self, journal: Journal, max_pending: int = 0) -> None:
+    `grouped` (mongol-serve): hits wait in `buffer` until `flush()`, which the HTTP server calls
+    before it sends any answer (once per turn of its loop), so that a turn's hits take one `write()`
+    instead of one each; the caller then calls `retry()` about once a second itself."""
+
+    def __init__(self, journal: Journal, max_pending: int = 0, grouped: bool = False) -> None:
         self.journal = journal
         self.max_pending = max_pending
+        self.grouped = grouped
+        self.buffer: list[bytes] = []  # grouped: lines taken, not written yet
         self.pending: deque[bytes] = deque()
         self.failing = False
         self.spooled = 0  # hits written to the journal by this process
+        self.withdrawn = 0  # grouped hits the disk refused at flush(): taken, but never answered
         self._next_check = 0.0
 
     def __call__(self, hit: Hit) -> bool:
         line = encode(hit)
-        now = time.monotonic()
-        if now >= self._next_check:  # about once a second: rotate, and retry what the disk refused
-            self._next_check = now + 1.0
-            self.retry()
+        if self.grouped:
+            if not self.failing and not self.pending:
+                self.buffer.append(line)
+                return True
+        else:
+            now = time.monotonic()
+            if now >= self._next_check:  # about once a second: rotate, and retry what the disk refused
+                self._next_check = now + 1.0
+                self.retry()
         if not self.pending:
             try:
                 self.journal.append(line)
@@ -185,6 +198,28 @@ class Recorder:
         if len(self.pending) >= self.max_pending:
             return False
         self.pending.append(line)
+        return True
+
+    def flush(self) -> bool:
+        """Write the lines grouped since the last call, in one `write()`. False when the disk refused
+        them (and they could not be held): they are dropped, and the answers that promised them must
+        not be sent (mongol.httpserver closes those connections instead)."""
+        if not self.buffer:
+            return True
+        lines, self.buffer = self.buffer, []
+        try:
+            self.journal.append(lines[0] if len(lines) == 1 else b"".join(lines))
+        except JournalFull as exc:
+            self._refused(exc)
+            room = self.max_pending - len(self.pending)
+            self.pending.extend(lines[:room])  # held, with --max-held, as a hit refused alone would be
+            if len(lines) <= room:
+                return True
+            self.withdrawn += len(lines)
+            return False
+        self.spooled += len(lines)
+        if self.failing:
+            self._recovered()
         return True
 
     def refuse(self, exc: OSError) -> None:
@@ -220,6 +255,7 @@ class Recorder:
         """Hand held hits to the spool, trying for up to `timeout` seconds; returns how many are lost
         (the disk never took them back)."""
         deadline = time.monotonic() + timeout
+        self.flush()  # lines whose answers never went out: kept all the same
         self.retry()
         while self.pending and time.monotonic() < deadline:
             time.sleep(0.2)  # waiting for the disk to take hits again (the writer frees the spool)

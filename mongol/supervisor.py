@@ -13,6 +13,7 @@ the fork.
 """
 
 import ctypes
+import gc
 import logging
 import os
 import re
@@ -121,6 +122,11 @@ def _writer_main(settings: Settings, ready: int) -> int:
     writer = Writer(store, spool, batch_size=settings.batch_size, interval=settings.flush_interval,
                     metrics=Metrics(), enrich=enrich, connect=lambda: open_store(settings.db_uri),
                     description=_uri_for_logs(settings.db_uri), failing=waiting)
+    # A batch holds thousands of hits (dicts, rows) at once, which the collector of young objects would
+    # scan for cycles again and again: they have none. What exists now (modules, the parsers' tables)
+    # is never scanned again either.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     left = writer.run(stop, settings.drain_timeout)
     if writer.store is not None:
         writer.store.close()
@@ -148,15 +154,16 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     from mongol.journal import Journal, Recorder
     from mongol.metrics import Metrics
 
-    recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending)
+    recorder = Recorder(Journal(settings.spool, fsync=settings.fsync), settings.max_pending, grouped=True)
     tracker = Tracker(settings.tracking, Salts(settings.spool), settings.trusted)
     pixel = PixelApp(recorder, Health(settings.spool, recorder), settings.trusted, Metrics(), tracker,
                      settings.status_allow, settings.spool)
     app = _access_logged(pixel) if settings.access_log else pixel
     shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
     listener.close()
+    # A turn's hits go to the spool in one write(), just before the turn's answers leave.
     server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"),
-                        **settings.http)
+                        before_send=recorder.flush, **settings.http)
     server.start()
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
