@@ -51,17 +51,17 @@ class URITooLong(RequestError):
     status = "414 URI Too Long"
 
 
-_PROCESS = ""
+_PROCESS = 0  # 40 random bits
 _COUNTER = itertools.count()
-_ID_SECOND: list = [-1, ""]  # the last second an id was made in, and the first 18 digits of its ids
+_ID_SECOND: list = [-1, 0]  # the last second an id was made in, and its ids' seconds and process bits, shifted
 
 
 def _new_process() -> None:
     """Fresh random bits and counter for ids, in every process: forked workers must not share them."""
     global _PROCESS, _COUNTER
-    _PROCESS = os.urandom(5).hex()
+    _PROCESS = int.from_bytes(os.urandom(5), "big")
     _COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big"))
-    _ID_SECOND[:] = -1, ""
+    _ID_SECOND[:] = -1, 0
 
 
 _new_process()
@@ -72,8 +72,8 @@ def new_id(now: float) -> str:
     """A unique id shaped like a MongoDB ObjectId (seconds, process random, counter), as 24 hex digits."""
     second = int(now) & 0xFFFFFFFF
     if second != _ID_SECOND[0]:
-        _ID_SECOND[:] = second, f"{second:08x}{_PROCESS}"
-    return "%s%06x" % (_ID_SECOND[1], next(_COUNTER) & 0xFFFFFF)  # noqa: UP031 - a third cheaper than f"{n:06x}"
+        _ID_SECOND[:] = second, (second << 40 | _PROCESS) << 24
+    return "%024x" % (_ID_SECOND[1] | next(_COUNTER) & 0xFFFFFF)  # one int, formatted once: the cheapest way
 
 
 def _text(raw: str) -> str:

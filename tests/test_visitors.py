@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mongol import tracking
 from mongol.app import GIF
 from mongol.tracking import COOKIE_NAME, DAY_US, SALT_PREFIX, Salts, Tracker, Tracking, anonymise_ip
 from tests.conftest import by_url, http_get, stored, wait_until
@@ -114,6 +115,21 @@ def test_ids_differ_from_one_day_to_the_next(tmp_path):
     assert today[0] == today[1] != yesterday
     assert "_visitor" not in tracker.make(environ, now_us=now - 3 * DAY_US)[0]  # its salt is gone
     assert Tracker(Tracking(), Salts(tmp_path)).make(environ, now_us=now)[0]["_visitor"] == today[0]
+
+
+def test_remembered_ids_are_bounded_and_the_same_as_hashed_ones(tmp_path, monkeypatch):
+    """A process remembers at most VISITOR_CACHE ids; what it remembers is what a fresh process hashes."""
+    monkeypatch.setattr(tracking, "VISITOR_CACHE", 3)
+    tracker, fresh = Tracker(Tracking(), Salts(tmp_path)), Tracker(Tracking(), Salts(tmp_path))
+    now = time.time_ns() // 1000
+    for round_ in range(3):
+        for n in range(5):
+            environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": "site=a.org&url=/", "REMOTE_ADDR": f"203.0.113.{n}",
+                       "HTTP_USER_AGENT": CHROME}
+            got = tracker.make(environ, now_us=now)[0]["_visitor"]
+            assert got == fresh.make(environ, now_us=now)[0]["_visitor"], (round_, n)
+            fresh._visitors.clear()
+            assert len(tracker._visitors) <= 3
 
 
 @pytest.mark.parametrize(("ip", "anonymised"), [
