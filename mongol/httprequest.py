@@ -60,8 +60,8 @@ class Connection(Responder):
         "chunked_request",
         "environ",
         "expect",
+        "fed",
         "head_bytes",
-        "header_bytes",
         "keys",
         "nheaders",
         "now",
@@ -87,7 +87,8 @@ class Connection(Responder):
         self.expect = False
         self.environ: dict = {}
         self.url = b""
-        self.nheaders = self.header_bytes = self.body_size = 0
+        self.nheaders = self.body_size = 0
+        self.fed = 0  # bytes of the current feed (httpserver sets it): with head_bytes, a bound on a head's size
         self.body: list[bytes] = []
         self.chunked_request = False
         self.request: tuple = ()
@@ -111,15 +112,13 @@ class Connection(Responder):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The limits are checked once the head is whole (on_headers_complete); until then the server's
-        # loop bounds the bytes a head may take, so counting is all this hot path does. Names are counted
-        # when new: the remembered ones are short (mongol.httpserver caches only those).
+        # loop bounds the bytes a head may take, so counting fields is all this hot path does (their
+        # bytes are summed from the environ, and only for a head that may be too large).
         self.nheaders += 1
-        self.header_bytes += len(value)
         key = self.keys.get(name)
         if not key:
             if key is None:
                 key = self.server._header_key(name)
-                self.header_bytes += len(name)
             if not key:
                 return  # a name with an underscore
         text = value.decode("latin-1")
@@ -138,8 +137,8 @@ class Connection(Responder):
         environ = self.environ
         self.environ = {}  # trailer fields of a chunked body go here, and are dropped
         server = self.server
-        if self.nheaders > server.max_headers or self.header_bytes > server.max_header_bytes:
-            self.check_limits()
+        if self.nheaders > server.max_headers or self.head_bytes + self.fed > server.max_header_bytes:
+            self.check_limits(environ)  # too many fields, or the bytes fed during the head are too many
         method = _METHODS.get(parser.get_method()) or parser.get_method().decode("ascii")
         version = parser.get_http_version()
         try:
@@ -184,11 +183,15 @@ class Connection(Responder):
         self.phase = BODY
         self.began = 0.0
 
-    def check_limits(self) -> None:
+    def check_limits(self, fields: dict) -> None:
+        """431 past max_headers fields, or past max_header_bytes of field values and new names in
+        `fields` (the environ, or the trailer fields of a chunked body)."""
         server = self.server
         if self.nheaders > server.max_headers:
             raise HTTPError(431, f"{self.nheaders} header fields, more than {server.max_headers}")
-        if self.header_bytes > server.max_header_bytes:
+        base = self.base
+        size = sum(len(key) + len(value) for key, value in fields.items() if key not in base)
+        if size > server.max_header_bytes:
             raise HTTPError(431, f"header section of more than {server.max_header_bytes} bytes")
 
     def on_body(self, data: bytes) -> None:
@@ -199,7 +202,7 @@ class Connection(Responder):
 
     def on_message_complete(self) -> None:
         if self.chunked_request:  # trailer fields count towards the limits too
-            self.check_limits()
+            self.check_limits(self.environ)
         environ = self.request[0]
         if self.body:  # else wsgi.input is the template's EMPTY_INPUT
             body = b"".join(self.body)
@@ -213,7 +216,7 @@ class Connection(Responder):
             del environ["HTTP_TRANSFER_ENCODING"]
         self.ready.append(self.request)
         self.expect = self.chunked_request = False
-        self.nheaders = self.header_bytes = self.body_size = self.head_bytes = 0
+        self.nheaders = self.body_size = self.head_bytes = 0
         self.began = 0.0
         self.phase = IDLE
 

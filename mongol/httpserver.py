@@ -350,6 +350,7 @@ class WSGIServer(StreamServer):
                     data = None
             error: HTTPError | None = None
             upgrade = False
+            conn.fed = size = len(data)
             try:
                 feed(data)
             except HttpParserUpgrade:
@@ -360,7 +361,6 @@ class WSGIServer(StreamServer):
                 error = exc.__context__
             except HttpParserError as exc:
                 error = HTTPError(400, str(exc) or type(exc).__name__)
-            size = len(data)
             data = None
 
             # ---- the application, for each request completed ----------------------------------

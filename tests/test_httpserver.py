@@ -707,6 +707,10 @@ BAD_REQUESTS.update({
     "chunked: control byte in an extension": (CHUNKED + b"5;a\x01b\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 400),
     "chunked: trailer line not a field": (CHUNKED + b"5\r\nhello\r\n0\r\nnot a field\r\n\r\n" + SMUGGLED, 400),
     "chunked: size overflow": (CHUNKED + b"1" * 20 + b"\r\n", 400),
+    "chunked: too many trailer fields": (CHUNKED + b"5\r\nhello\r\n0\r\n"
+                                         + b"".join(b"X-%d: v\r\n" % i for i in range(25)) + b"\r\n", 431),
+    "chunked: trailer section too large": (CHUNKED + b"5\r\nhello\r\n0\r\nX-Big: " + b"v" * 2100 + b"\r\n\r\n",
+                                           431),
     # header and target bytes
     "bytes: NUL in a header value": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n", 400),
     "bytes: control byte in a header value": (b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: a\x1bb\r\n\r\n", 400),
@@ -750,6 +754,17 @@ def test_bad_requests_get_an_error_and_close(server, name):
     [line] = [line for line in log.splitlines() if client in line]
     assert line.startswith("INFO ") and f": {expected} " in line
     assert "Traceback" not in log
+
+
+def test_header_limits_hold_for_each_of_the_requests_of_one_packet(server):
+    """Heads are measured one by one: small pipelined requests filling a packet past max_header_bytes
+    are served, and a large head after them is refused."""
+    small = b"GET /echo HTTP/1.1\r\nHost: t\r\nX-A: " + b"v" * 500 + b"\r\n\r\n"
+    big = b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 2100 + b"\r\n\r\n"
+    with raw(server) as (sock, f):
+        sock.sendall(small * 6 + big)
+        assert [read_response(f).status for _ in range(7)] == [200] * 6 + [431]
+        assert at_eof(sock, f)
 
 
 def test_limits_are_inclusive(server):
