@@ -70,6 +70,7 @@ class Connection(Responder):
         "ready",
         "request",
         "server",
+        "trailers",
         "url",
     )
 
@@ -86,6 +87,7 @@ class Connection(Responder):
         self.head_bytes = 0
         self.expect = False
         self.environ: dict = {}
+        self.trailers: dict = {}
         self.url = b""
         self.nheaders = self.body_size = 0
         self.fed = 0  # bytes of the current feed (httpserver sets it): with head_bytes, a bound on a head's size
@@ -135,7 +137,7 @@ class Connection(Responder):
     def on_headers_complete(self) -> None:
         parser = self.parser
         environ = self.environ
-        self.environ = {}  # trailer fields of a chunked body go here, and are dropped
+        self.environ = self.trailers  # the trailer fields of a chunked body go here, and are dropped
         server = self.server
         if self.nheaders > server.max_headers or self.head_bytes + self.fed > server.max_header_bytes:
             self.check_limits(environ)  # too many fields, or the bytes fed during the head are too many
@@ -201,8 +203,14 @@ class Connection(Responder):
         self.body.append(data)
 
     def on_message_complete(self) -> None:
-        if self.chunked_request:  # trailer fields count towards the limits too
-            self.check_limits(self.environ)
+        if self.body or self.chunked_request or self.expect or self.began or self.head_bytes:
+            self._end_of_body()  # a body, or a request that came in pieces: more to do
+        self.ready.append(self.request)
+        self.nheaders = 0
+        self.phase = IDLE
+
+    def _end_of_body(self) -> None:
+        """on_message_complete for a request with a body or one that did not arrive whole."""
         environ = self.request[0]
         if self.body:  # else wsgi.input is the template's EMPTY_INPUT
             body = b"".join(self.body)
@@ -211,14 +219,14 @@ class Connection(Responder):
         else:
             body = b""
         if self.chunked_request:
+            self.check_limits(self.trailers)  # trailer fields count towards the limits too
+            self.trailers.clear()
             # The application sees the decoded body as if it had come with a Content-Length.
             environ["CONTENT_LENGTH"] = str(len(body))
             del environ["HTTP_TRANSFER_ENCODING"]
-        self.ready.append(self.request)
         self.expect = self.chunked_request = False
-        self.nheaders = self.body_size = self.head_bytes = 0
+        self.body_size = self.head_bytes = 0
         self.began = 0.0
-        self.phase = IDLE
 
 
 def _other_target(url: bytes, method: str, environ: dict) -> str:
