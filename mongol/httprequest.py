@@ -61,11 +61,13 @@ class Connection(Responder):
         "environ",
         "expect",
         "fed",
+        "handoff",
         "head_bytes",
         "keys",
         "nheaders",
         "now",
         "parser",
+        "pending",
         "phase",
         "ready",
         "request",
@@ -88,6 +90,8 @@ class Connection(Responder):
         self.expect = False
         self.environ: dict = {}
         self.trailers: dict = {}
+        self.handoff: tuple | None = None  # httpserver._readable: (bytes fed, the feed's exception, done)
+        self.pending: object = None  # httpserver._readable: the first ready request's result
         self.url = b""
         self.nheaders = self.body_size = 0
         self.fed = 0  # bytes of the current feed (httpserver sets it): with head_bytes, a bound on a head's size

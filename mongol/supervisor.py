@@ -161,9 +161,10 @@ def _worker_main(settings: Settings, listener: socket.socket) -> int:
     app = _access_logged(pixel) if settings.access_log else pixel
     shared = socket.socket(fileno=os.dup(listener.fileno()))  # a gevent socket, now that socket is patched
     listener.close()
-    # A turn's hits go to the spool in one write(), just before the turn's answers leave.
+    # A turn's hits go to the spool in one write(), just before the turn's answers leave. The pixel
+    # never waits on gevent, so the loop itself may answer it (inline).
     server = WSGIServer(shared, app, max_request_line=MAX_REQUEST_LINE, error_log=logging.getLogger("mongol.http"),
-                        before_send=recorder.flush, **settings.http)
+                        before_send=recorder.flush, inline=True, **settings.http)
     server.start()
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)

@@ -122,6 +122,10 @@ def app(environ, start_response):
     if path == "/pixel-like":  # as mongol.app answers: HEAD gets the GET's headers and no body
         start_response("200 OK", [("Content-Type", "image/gif"), ("Content-Length", str(len(GIF)))])
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [GIF]
+    if path == "/where":  # which greenlet runs the application: the loop's own (inline) or the connection's
+        body = b"loop" if gevent.getcurrent() is gevent.get_hub() else b"connection"
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/slow":
         sys.stderr.write("slow request started\n")
         gevent.sleep(float(query))
@@ -156,6 +160,7 @@ class Server:
     proc: subprocess.Popen
     port: int
     log_path: Path
+    config: dict
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -193,7 +198,7 @@ def launch(log_path: Path, config: dict, pass_fds: tuple[int, ...] = ()) -> Serv
         proc.kill()
         proc.wait()
         pytest.fail(f"the test server did not start:\n{log_path.read_text(errors='replace')}")
-    return Server(proc, int(line), log_path)
+    return Server(proc, int(line), log_path, config)
 
 
 def shut_down(server: Server) -> None:
@@ -206,11 +211,12 @@ def shut_down(server: Server) -> None:
             server.proc.wait()
 
 
-@pytest.fixture(scope="module", params=["validated", "plain"])
+@pytest.fixture(scope="module", params=["validated", "plain", "inline"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that leave it running (each checks that it still serves): its app
-    wrapped in wsgiref.validate, then the same app bare, which returns lists."""
-    config = {**LIMITS, "validate": request.param == "validated"}
+    wrapped in wsgiref.validate, then the same app bare, which returns lists, then that app run
+    `inline` (in the loop, as mongol-serve runs its own)."""
+    config = {**LIMITS, "validate": request.param == "validated", "inline": request.param == "inline"}
     running = launch(tmp_path_factory.mktemp("httpserver") / "server.log", config)
     yield running
     shut_down(running)
@@ -765,6 +771,18 @@ def test_header_limits_hold_for_each_of_the_requests_of_one_packet(server):
         sock.sendall(small * 6 + big)
         assert [read_response(f).status for _ in range(7)] == [200] * 6 + [431]
         assert at_eof(sock, f)
+
+
+def test_inline_runs_the_application_in_the_loop_and_hands_the_rest_to_the_connection(server):
+    """inline: a request that arrives whole is answered by the loop itself, first or later on a
+    connection, pipelined or not (what does not fit, the rest of this table shows)."""
+    where = "loop" if server.config.get("inline") else "connection"
+    with raw(server) as (sock, f):
+        for _ in range(3):
+            sock.sendall(request("/where"))
+            assert read_response(f).body.decode() == where
+        sock.sendall(request("/where") * 2)
+        assert [read_response(f).body.decode() for _ in range(2)] == [where] * 2
 
 
 def test_limits_are_inclusive(server):

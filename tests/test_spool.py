@@ -131,7 +131,7 @@ class FullJournal(Journal):
 folder = sys.argv[1]
 journal = FullJournal(sys.argv[2]) if folder == "full" else Journal(folder)
 recorder = Recorder(journal, grouped=True)
-server = WSGIServer(("127.0.0.1", 0), PixelApp(recorder), before_send=recorder.flush)
+server = WSGIServer(("127.0.0.1", 0), PixelApp(recorder), before_send=recorder.flush, inline=True)
 server.start()
 print(server.server_port, flush=True)
 gevent.wait()
