@@ -184,7 +184,7 @@ class Responder:
         self.chunked = False
         self.expected_length = -1
         self.sent_length = 0
-        self.out = b""  # responses the server sends at the end of this turn of its loop (httpserver._flush)
+        self.out = b""  # responses the server sends at the end of this turn of its loop (mongol.httpoutbox)
         self.queued = False  # in the server's list for that
         self.before_send: Callable[[], bool] | None = None  # the server's check before answers leave
 

@@ -9,7 +9,7 @@ on the request target, headers and body; Host rules (RFC 9112 3.2: exactly one, 
 absolute-form target's authority replaces it); deadlines; a cap on connections; and the WSGI environ,
 copied from a per-connection template (mongol.httprequest). Responses (mongol.httpresponse) go out
 with one ``send`` when the application returns a list, all those of one turn of gevent's loop
-together at its end (``_flush``): on loopback a send wakes the client, and sends spread between
+together at its end (mongol.httpoutbox): on loopback a send wakes the client, and sends spread between
 requests woke it once per response. With ``inline`` (mongol-serve), a request that arrives whole on an
 idle connection is parsed and answered by the read watcher's callback in the loop itself, without a
 switch to the connection's greenlet and back; the greenlet takes over whatever needs waiting.
@@ -49,6 +49,7 @@ from gevent.hub import get_hub
 from gevent.server import StreamServer
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
+from mongol.httpoutbox import Outbox
 from mongol.httprequest import BODY, EMPTY_INPUT, HEAD, HOST, IDLE, Connection
 from mongol.httpresponse import (
     REASONS,
@@ -99,7 +100,7 @@ def _outcome(failure: Exception) -> tuple[HTTPError | None, bool]:
     raise failure
 
 
-class WSGIServer(StreamServer):
+class WSGIServer(Outbox, StreamServer):
     """An HTTP/1.1 server for a WSGI application (PEP 3333), one greenlet per connection.
 
     `listener` is an address tuple such as ``("127.0.0.1", 8000)`` or a bound, listening socket
@@ -160,9 +161,7 @@ class WSGIServer(StreamServer):
         self._out_of_descriptors = False
         self._refused = 0
         self._refusal_logged = -_REFUSAL_LOG_INTERVAL
-        self._outbox: list[Connection] = []  # connections with responses to send at the end of this loop turn
-        self._flush_due = False
-        self.before_send = before_send
+        self._init_outbox(before_send)
         self.inline = inline
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -474,23 +473,6 @@ class WSGIServer(StreamServer):
                     conn.expect = False
                     sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _queue(self, conn: Connection, result: list) -> None:
-        """Queue the response to a list for _flush, which sends those of every connection ready in
-        this turn of the loop once all have been served: one burst of sends rather than one between
-        each two requests."""
-        body = result[0] if len(result) == 1 else b"".join(result)
-        if type(body) is not bytes:
-            raise TypeError(f"the application must return bytes, not {type(body).__name__}")
-        out = conn.whole_response(body)
-        conn.sent = True
-        conn.out = conn.out + out if conn.out else out  # pipelined: after the ones before it
-        if not conn.queued:
-            conn.queued = True
-            self._outbox.append(conn)
-            if not self._flush_due:
-                self._flush_due = True
-                self.loop.run_callback(self._flush)
-
     def _readable(self, conn: Connection) -> None:
         """With `inline`: the read watcher's callback of a connection whose greenlet waits in _serve.
         On an idle keep-alive connection, receive, parse, and answer every request that arrived whole
@@ -551,51 +533,6 @@ class WSGIServer(StreamServer):
             failure = None
         conn.handoff = (size, failure, finished)
         conn.greenlet.switch()
-
-    def _flush(self) -> None:
-        """Runs in the hub once per turn of the loop, after every connection that was ready has been
-        served (gevent runs callbacks just before it polls again): send each its responses. When
-        the client reads them slowly and they do not fit the socket, the connection's greenlet,
-        waiting for the next request, is woken to send the rest."""
-        self._flush_due = False
-        if self.before_send is not None and not self._before_send():
-            return
-        outbox, self._outbox = self._outbox, []  # a greenlet woken below may queue for the next turn
-        for conn in outbox:
-            conn.queued = False
-            data = conn.out
-            if not data:
-                continue  # sent already: the greenlet had something else to send, or closed
-            try:
-                sent = conn.raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                conn.out = b""
-                continue  # the client is gone: the greenlet's next recv says so and closes
-            if sent == len(data):
-                conn.out = b""
-                continue
-            conn.out = data[sent:]
-            if conn.waiting and conn.read_event.active:
-                conn.greenlet.switch()  # it waits in _serve, which sends conn.out when woken
-
-    def _before_send(self) -> bool:
-        """Call `before_send`, which makes good what the answers queued so far promise (the spool
-        lines of their hits), before any of them leaves. When it cannot, none may leave: each
-        connection with answers waiting is closed without them (the client may try again), and False
-        tells the caller (Responder.sendall) to close its own."""
-        if self.before_send():  # type: ignore[misc]
-            return True
-        outbox, self._outbox = self._outbox, []
-        for conn in outbox:
-            conn.queued = False
-            if conn.out:
-                conn.out = b""
-                with contextlib.suppress(OSError):
-                    conn.raw.shutdown(socket.SHUT_RDWR)  # wakes its greenlet, whose recv then ends it
-        self.error_log.debug("answers withheld on %d connection(s): before_send failed", len(outbox))
-        return False
 
     # ---- rare paths -------------------------------------------------------------------------
 
