@@ -65,7 +65,6 @@ class Connection(Responder):
         "head_bytes",
         "keys",
         "nheaders",
-        "now",
         "parser",
         "pending",
         "phase",
@@ -98,7 +97,6 @@ class Connection(Responder):
         self.body: list[bytes] = []
         self.chunked_request = False
         self.request: tuple = ()
-        self.now = server.loop.now
         self.parser = HttpRequestParser(self)
 
     # ---- the parser's callbacks (llhttp calls them from feed_data) ----------------------------

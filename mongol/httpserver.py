@@ -73,10 +73,6 @@ _WAIT_IDLE, _WAIT_REQUEST, _WAIT_SEND = 1, 2, 3
 _CGI_KEYS = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
 _EMFILE = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
 
-class _Partial(Exception):
-    """_readable: the data ends inside a request; the greenlet goes on with it."""
-
-
 class _Raised:
     """_readable: what the application raised, for the greenlet to log and answer 500 to."""
 
@@ -493,46 +489,46 @@ class WSGIServer(Outbox, StreamServer):
             conn.greenlet.switch()  # its own recv sees the end or the error again
             return
         conn.fed = size = len(data)
-        finished = False
         try:
             conn.parser.feed_data(data)
-            ready = conn.ready
-            if conn.phase != IDLE:
-                raise _Partial
-            app, start_response = self.application, conn.start_response
-            while ready:
-                environ, keep_alive, head, v11 = ready[0]
-                if not keep_alive:
-                    break  # the greenlet answers it and closes
-                conn.status = None
-                conn.sent = False
-                conn.head = head
-                conn.v11 = v11
-                conn.keep_alive = True
-                try:
-                    result = app(environ, start_response)
-                    if type(result) is not list or conn.sent:
-                        conn.pending = result  # a streamed response: the greenlet sends it
-                        break
-                    self._queue(conn, result)
-                except Exception as exc:
-                    conn.pending = _Raised(exc)  # the greenlet logs it and answers 500
-                    break
-                del ready[0]
-                if not conn.keep_alive:  # the application's Connection: close
-                    finished = True
-                    break
-            else:
+        except Exception as exc:
+            conn.handoff = (size, exc, False)
+        else:
+            answered = self._answer_inline(conn) if conn.phase == IDLE else False  # else: ends inside a request
+            if answered is None:
                 conn.deadline = self.loop.now() + self.keepalive_timeout
                 return
-        except _Partial:
-            failure = None
-        except Exception as exc:
-            failure = exc
-        else:
-            failure = None
-        conn.handoff = (size, failure, finished)
+            conn.handoff = (size, None, answered)
         conn.greenlet.switch()
+
+    def _answer_inline(self, conn: Connection) -> bool | None:
+        """Answer the ready requests in the loop, as _serve would. None: all answered, the connection
+        stays open; True: one was answered with Connection: close (the connection ends); False: the
+        greenlet goes on with what is left in `ready` (a request that closes the connection, or the
+        first one's result in `conn.pending`: a streamed response, or an exception)."""
+        ready, app, start_response = conn.ready, self.application, conn.start_response
+        while ready:
+            environ, keep_alive, head, v11 = ready[0]
+            if not keep_alive:
+                return False
+            conn.status = None
+            conn.sent = False
+            conn.head = head
+            conn.v11 = v11
+            conn.keep_alive = True
+            try:
+                result = app(environ, start_response)
+                if type(result) is not list or conn.sent:
+                    conn.pending = result  # a streamed response: the greenlet sends it
+                    return False
+                self._queue(conn, result)
+            except Exception as exc:
+                conn.pending = _Raised(exc)  # the greenlet logs it and answers 500
+                return False
+            del ready[0]
+            if not conn.keep_alive:  # the application's Connection: close
+                return True
+        return None
 
     # ---- rare paths -------------------------------------------------------------------------
 

@@ -126,6 +126,9 @@ def app(environ, start_response):
         body = b"loop" if gevent.getcurrent() is gevent.get_hub() else b"connection"
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         return [body]
+    if path == "/app-close":  # the application ends the connection after this response
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3"), ("Connection", "close")])
+        return [b"bye"]
     if path == "/slow":
         sys.stderr.write("slow request started\n")
         gevent.sleep(float(query))
@@ -783,6 +786,16 @@ def test_inline_runs_the_application_in_the_loop_and_hands_the_rest_to_the_conne
             assert read_response(f).body.decode() == where
         sock.sendall(request("/where") * 2)
         assert [read_response(f).body.decode() for _ in range(2)] == [where] * 2
+
+
+def test_an_applications_connection_close_ends_the_connection_after_its_response(server):
+    """The application's own Connection: close: its response, then the end, and a request pipelined
+    after it is never answered (inline too, where the loop answers it)."""
+    with raw(server) as (sock, f):
+        sock.sendall(request("/app-close") + request("/where"))
+        response = read_response(f)
+        assert (response.status, response.body, response.headers["connection"]) == (200, b"bye", "close")
+        assert at_eof(sock, f)
 
 
 def test_limits_are_inclusive(server):
